@@ -1,0 +1,179 @@
+"""The Python API. The CLI is a thin layer over these functions, with the same names and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from edgec import data, model_io, targets
+from edgec.backends import get as get_backend
+from edgec.errors import EdgecError
+from edgec.manager import Manager
+from edgec.pass_infra import Feed, Pass, PassContext, parse_pipeline
+from edgec.records import Artifacts, PassRecord
+from edgec.report import Report
+
+
+@dataclasses.dataclass
+class CompileResult:
+    model: ir.Model
+    records: list[PassRecord]
+    artifacts: Artifacts | None
+    report: Report
+    context: PassContext
+
+
+def example_paths() -> tuple[Path, Path]:
+    """The bundled example: a small CNN with BatchNorm trained on scikit-learn's digits, and real samples."""
+    root = importlib.resources.files("edgec").joinpath("assets")
+    return Path(str(root.joinpath("digits.onnx"))), Path(str(root.joinpath("digits_samples.npz")))
+
+
+def load_model(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ...]] | None = None) -> ir.Model:
+    if isinstance(model, ir.Model):
+        if shapes:
+            model_io.pin_shapes(model, shapes)
+        return model
+    loaded = model_io.load(model)
+    if shapes:
+        model_io.pin_shapes(loaded, model_io.resolve_star_shape(loaded, dict(shapes)), source=str(model))
+    return loaded
+
+
+def sample_feeds(model: ir.Model, calib: data.FeedSource | None, samples: str | Path | None, n: int,
+                 preprocess: Any, warnings: list[str]) -> tuple[list[Feed], str]:
+    """A few real feeds for drift: ``samples`` if given, else spread over the calibration data, else
+    random noise with a loud warning."""
+    if samples is not None:
+        src = data.load_feeds(samples, model, limit=n, preprocess=preprocess)
+        assert src is not None
+        if src.synthetic:
+            warnings.append(data.RANDOM_WARNING)
+        return src.head(n), src.description
+    if calib is not None:
+        step = max(1, len(calib) // n)
+        picked = [calib[i] for i in range(0, len(calib), step)][:n]
+        return picked, f"{len(picked)} of {calib.description}"
+    warnings.append("no --calib/--samples given: drift is measured on RANDOM inputs, not real data")
+    src = data.random_feeds(model, min(n, 4))
+    return src.head(n), src.description
+
+
+def compile(  # noqa: A001 - the product's verb
+    model: str | os.PathLike | ir.Model,
+    *,
+    target: str | None = None,
+    passes: str | Sequence[str] | Sequence[Pass] | None = None,
+    calib: str | os.PathLike | None = None,
+    samples: str | os.PathLike | None = None,
+    num_samples: int = 8,
+    calib_limit: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    target_file: str | os.PathLike | None = None,
+    keep_going: bool = False,
+    dump_dir: str | os.PathLike | None = None,
+    options: dict[str, Any] | None = None,
+    report: str | os.PathLike | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Run a target's pipeline (or an explicit pass list) and emit the backend's artifacts.
+
+    ``passes`` overrides the target's pipeline; the target still gives the numeric scheme and backend
+    (``cpu-fp32`` when neither is given). With ``out_dir`` the backend writes ``model.onnx`` (or
+    ``.tflite``...) plus ``report.json`` and ``report.html`` there.
+    """
+    options = dict(options or {})
+    tgt = targets.get(target or "cpu-fp32", target_file)
+    pipeline = parse_pipeline(tgt.passes if passes is None else passes) if not (
+        passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
+    loaded = load_model(model, shapes)
+    warnings: list[str] = []
+    preprocess = options.get("preprocess")
+    calib_src = data.load_feeds(calib, loaded, limit=calib_limit, preprocess=preprocess)
+    if calib_src is not None and calib_src.synthetic:
+        warnings.append(data.RANDOM_WARNING)
+    feeds, desc = sample_feeds(loaded, calib_src, samples, num_samples, preprocess, warnings)
+    ctx = PassContext(samples=feeds, calib=calib_src, scheme=tgt.scheme, options=options, target=tgt)
+    ctx.warnings.extend(warnings)
+    mgr = Manager(ctx, keep_going=keep_going, dump_dir=dump_dir, on_step=on_step)
+    mgr.start(loaded)
+    if mgr.reference is not None:
+        ctx.cache["reference_outputs"] = mgr.reference
+    result_model = mgr.run(loaded, pipeline)
+    name = str(model) if not isinstance(model, ir.Model) else (model.graph.name or "model")
+    rep = Report(model=name, target=tgt.name, records=mgr.records, warnings=ctx.warnings, samples=desc)
+    artifacts = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise EdgecError(f"-o {out}: exists and is not a folder")
+        artifacts = get_backend(tgt.backend).emit(result_model, tgt, ctx, out)
+        rep.artifacts = artifacts
+        rep.to_json(out / "report.json")
+        rep.to_html(out / "report.html")
+    if report is not None:
+        _write_report(rep, Path(report))
+    return CompileResult(result_model, mgr.records, artifacts, rep, ctx)
+
+
+def _write_report(rep: Report, path: Path) -> None:
+    if path.suffix == ".html":
+        rep.to_html(path)
+    elif path.suffix == ".json":
+        rep.to_json(path)
+    else:
+        raise EdgecError(f"--report {path}: use a .json or .html file name")
+
+
+def inspect(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Op histogram, params, MACs, bytes, inputs/outputs and opsets of a model."""
+    from edgec import metrics
+
+    m = load_model(model, shapes)
+    s = metrics.summarize(m)
+
+    def io(values: Sequence[ir.Value]) -> list[dict[str, Any]]:
+        return [{"name": v.name, "dtype": str(v.dtype.name if v.dtype is not None else "?"),
+                 "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or [])]} for v in values]
+
+    return {"file": str(model) if not isinstance(model, ir.Model) else None, "nodes": s.nodes, "ops": s.ops,
+            "params": s.params, "macs": s.macs, "bytes": s.bytes,
+            "opsets": dict(m.opset_imports), "ir_version": m.ir_version, "producer": m.producer_name,
+            "inputs": io(m.graph.inputs), "outputs": io(m.graph.outputs),
+            "initializers": len(m.graph.initializers)}
+
+
+def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike | None = None,
+         num_samples: int = 8, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Structural and numeric difference between two models with the same interface."""
+    from edgec import metrics, runtime
+
+    ma, mb = load_model(a, shapes), load_model(b, shapes)
+    sa, sb = metrics.summarize(ma), metrics.summarize(mb)
+    ia = [v.name for v in ma.graph.inputs]
+    ib = [v.name for v in mb.graph.inputs]
+    if sorted(ia) != sorted(ib):
+        raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically")
+    warnings: list[str] = []
+    calib_src = data.load_feeds(calib, ma, limit=None)
+    feeds, desc = sample_feeds(ma, calib_src, None, num_samples, None, warnings)
+    outs_a = runtime.run(runtime.session(ma), feeds)
+    outs_b = runtime.run(runtime.session(mb), feeds)
+    oa, ob = [o.name for o in ma.graph.outputs], [o.name for o in mb.graph.outputs]
+    if oa != ob:
+        # Same count: compare by position, renaming b's outputs to a's.
+        if len(oa) != len(ob):
+            raise EdgecError(f"{b}: has {len(ob)} outputs, {a} has {len(oa)}")
+        outs_b = [{na: o[nb] for na, nb in zip(oa, ob)} for o in outs_b]
+    d = metrics.drift(outs_a, outs_b)
+    ops = {op: (sa.ops.get(op, 0), sb.ops.get(op, 0)) for op in sorted(set(sa.ops) | set(sb.ops))
+           if sa.ops.get(op, 0) != sb.ops.get(op, 0)}
+    return {"a": str(a), "b": str(b), "summary_a": sa.to_dict(), "summary_b": sb.to_dict(), "ops_changed": ops,
+            "drift": d.to_dict(), "samples": desc, "warnings": warnings}

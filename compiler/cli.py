@@ -1,0 +1,291 @@
+"""Command line: a thin layer over the Python API (edgec.api). User mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from edgec.errors import EdgecError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", action="append", metavar="NAME=D,D,..",
+                   help="pin an input's dims, e.g. x=1,3,224,224 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgec", description="graph-level ONNX optimization compiler")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="run a target's pipeline (or --passes) and emit artifacts")
+    c.add_argument("model", nargs="?", help="an .onnx file (omit with --example)")
+    c.add_argument("--example", action="store_true", help="compile the bundled digits model with its real samples")
+    c.add_argument("-t", "--target", help="target name (`edgec targets`); default cpu-fp32")
+    c.add_argument("--target-file", help="a TOML file defining more targets")
+    c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
+    c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
+    c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
+    c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
+    c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
+    c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"],
+                   help="activation range method for quantize")
+    c.add_argument("--preprocess", help="image preprocessing preset or spec (see docs)")
+    c.add_argument("--exclude", action="append", help="node names or op types to keep in float (repeatable)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="pass option, e.g. --set bench_runs=50 (repeatable)")
+    c.add_argument("-o", "--out", help="output folder for the artifacts and report.json/report.html")
+    c.add_argument("--report", help="also write the report to this .json or .html file")
+    c.add_argument("--dump-dir", help="write the model after every pass into this folder")
+    c.add_argument("--keep-going", action="store_true", help="roll back a failing pass and continue")
+    _add_common(c)
+
+    i = sub.add_parser("inspect", help="ops, params, MACs, size, inputs/outputs of a model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(i)
+
+    d = sub.add_parser("diff", help="structural and numeric difference between two models")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.add_argument("--calib", help="sample inputs (image folder, .npz, module:function); default random")
+    d.add_argument("--num-samples", type=int, default=8)
+    d.add_argument("--json", action="store_true")
+    _add_common(d)
+
+    sub.add_parser("passes", help="list the registered passes")
+    sub.add_parser("targets", help="list the targets")
+
+    b = sub.add_parser("bench", help="time a model in ONNX Runtime (median, 2 threads)")
+    b.add_argument("model")
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--optimization", choices=["disable", "basic", "extended", "all"], default="all")
+    b.add_argument("--calib", help="input data (default random)")
+    _add_common(b)
+
+    e = sub.add_parser("export", help="PyTorch -> ONNX once (needs edgec[torch])")
+    e.add_argument("factory", help="pkg.module:factory returning an nn.Module")
+    e.add_argument("--shape", action="append", required=True, help="input shape, e.g. 1,3,224,224 (one per input)")
+    e.add_argument("-o", "--out", required=True, help="output .onnx path")
+    e.add_argument("--opset", type=int, default=17)
+    e.add_argument("--dynamic-batch", action="store_true")
+    e.add_argument("--keep-bn", action="store_true", help="keep BatchNormalization nodes (no constant folding)")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EdgecError(f"--set {item!r}: expected KEY=VALUE")
+        opts[key.replace("-", "_")] = _scalar(value)
+    if args.calib_method:
+        opts["calib_method"] = args.calib_method
+    if args.exclude:
+        opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
+    if args.preprocess:
+        opts["preprocess"] = args.preprocess
+    return opts
+
+
+def _scalar(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import edgec
+    from edgec.model_io import parse_shapes
+
+    if args.example:
+        if args.model:
+            raise EdgecError("give a model file or --example, not both")
+        model_path, samples = edgec.example_paths()
+        model: str = str(model_path)
+        calib = args.calib or str(samples)
+        out = args.out or "edgec-example"
+    else:
+        if not args.model:
+            raise EdgecError("no model given", hint="edgec compile model.onnx -o out/  (or --example)")
+        model, calib, out = args.model, args.calib, args.out
+    if args.num_samples < 1:
+        raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1")
+    console = _console(args)
+    status = console.status("compiling") if console is not None and console.is_terminal else None
+    if status is not None:
+        status.start()
+    try:
+        result = edgec.compile(
+            model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
+            num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
+            shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
+            dump_dir=args.dump_dir, options=_options(args), report=args.report,
+            on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None)
+    finally:
+        if status is not None:
+            status.stop()
+    if console is not None:
+        result.report.print(console)
+        if out:
+            console.print(f"wrote {out}/ (model, report.json, report.html)")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import edgec
+    from edgec.model_io import parse_shapes
+
+    info = edgec.inspect(args.model, shapes=parse_shapes(args.shape) or None)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = _console(args)
+    if console is None:
+        return 0
+    from rich.table import Table
+
+    console.print(f"[bold]{args.model}[/]  opsets {info['opsets']}  ir {info['ir_version']}  "
+                  f"producer {info['producer'] or '?'}")
+    console.print(f"nodes {info['nodes']}  params {info['params']:,}  MACs {info['macs']:,}  bytes {info['bytes']:,}")
+    for role in ("inputs", "outputs"):
+        for v in info[role]:
+            console.print(f"  {role[:-1]} {v['name']}: {v['dtype']} {v['shape']}")
+    t = Table("op", "count")
+    for op, n in sorted(info["ops"].items(), key=lambda kv: -kv[1]):
+        t.add_row(op, str(n))
+    console.print(t)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import edgec
+    from edgec.model_io import parse_shapes
+
+    res = edgec.diff(args.a, args.b, calib=args.calib, num_samples=args.num_samples,
+                     shapes=parse_shapes(args.shape) or None)
+    if args.json:
+        print(json.dumps(res, indent=2, default=str))
+        return 0
+    console = _console(args)
+    if console is None:
+        return 0
+    sa, sb = res["summary_a"], res["summary_b"]
+    for key in ("nodes", "params", "macs", "bytes"):
+        console.print(f"{key:>7}: {sa[key]:>14,} -> {sb[key]:>14,}  ({sb[key] - sa[key]:+,})")
+    for op, (na, nb) in res["ops_changed"].items():
+        console.print(f"  {op}: {na} -> {nb}")
+    d = res["drift"]
+    console.print(f"drift on {res['samples']}: max abs {d['max_abs']:.3e}  max rel {d['max_rel']:.3e}  "
+                  f"SQNR {d['sqnr_db']:.1f} dB  cosine {d['cosine']:.6f}"
+                  + (f"  top-1 {d['top1']:.4f}" if d["top1"] is not None else ""))
+    for w in res["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {w}")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from edgec.pass_infra import doc_line, registry
+
+    for name, cls in registry().items():
+        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls)
+                           if f.default is not dataclasses.MISSING)
+        kind = "exact" if cls.exact else "lossy"
+        print(f"{name:<16} {kind:<6} {doc_line(cls)}" + (f"  [{params}]" if params else ""))
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from edgec.targets import builtin
+
+    for t in builtin().values():
+        print(f"{t.name:<13} {t.backend:<9} {t.description}")
+        print(f"{'':<13} passes: {','.join(t.passes)}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgec import data, runtime
+    from edgec.api import load_model
+    from edgec.model_io import parse_shapes
+
+    shapes = parse_shapes(args.shape) or None
+    model = load_model(args.model, shapes)
+    src = data.load_feeds(args.calib or "random", model, limit=1)
+    assert src is not None
+    sess = runtime.session(model, threads=args.threads, optimization=args.optimization)
+    t = runtime.time_session(sess, src[0], runs=args.runs)
+    if not args.quiet:
+        print(f"{args.model}: median {t['median_ms']:.3f} ms  p10 {t['p10_ms']:.3f}  p90 {t['p90_ms']:.3f}  "
+              f"({args.runs} runs, {args.threads} threads, optimization {args.optimization})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgec.export import export_factory
+    from edgec.model_io import parse_shapes
+
+    shapes = []
+    for s in args.shape:
+        parsed = parse_shapes([s])
+        shapes.extend(parsed.values())
+    path = export_factory(args.factory, shapes, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                          keep_bn=args.keep_bn)
+    if not args.quiet:
+        print(f"wrote {path}")
+    return 0
+
+
+def _console(args: argparse.Namespace):
+    if getattr(args, "quiet", False):
+        return None
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)  # piped or captured: do not squeeze the tables to 80 columns
+    return console
+
+
+COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
+            "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except EdgecError as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"edgec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --verbose
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"edgec: internal error: {type(exc).__name__}: {first} (rerun with --verbose and report it)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Small helpers over the onnx_ir graph shared by several passes and backends.
+
+Matching helpers say what they match in their names ("the only consumer of", "constant array of"),
+so the passes that use them read like the subgraphs they rewrite.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy array behind a constant value (initializer or Constant output), else None.
+
+    A graph input that is also an initializer is *not* constant: the caller may override it.
+    """
+    if value is None:
+        return None
+    if value.const_value is not None and not value.is_graph_input():
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
+        attr = producer.attributes.get("value")
+        if attr is not None:
+            return attr.as_tensor().numpy()
+    return None
+
+
+def is_const(value: ir.Value | None) -> bool:
+    return const_array(value) is not None
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    """Distinct nodes that read ``value`` (a node reading it twice counts once)."""
+    seen: dict[int, ir.Node] = {}
+    for node in value.consumers():
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def only_consumer(value: ir.Value) -> ir.Node | None:
+    """The single node reading ``value`` when nothing else (graph output included) reads it."""
+    users = consumers(value)
+    if len(users) != 1 or value.is_graph_output():
+        return None
+    return users[0]
+
+
+def used_names(graph: ir.Graph) -> set[str]:
+    names = {v.name for v in graph.inputs if v.name}
+    names.update(graph.initializers.keys())
+    for node in graph.all_nodes():
+        names.update(v.name for v in node.outputs if v.name)
+        if node.name:
+            names.add(node.name)
+    return names
+
+
+class NameSource:
+    """Hands out names not yet used in a graph: ``base``, ``base_1``, ``base_2`` ..."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self._used = used_names(graph)
+
+    def __call__(self, base: str) -> str:
+        base = base or "v"
+        if base not in self._used:
+            self._used.add(base)
+            return base
+        for i in itertools.count(1):
+            name = f"{base}_{i}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray, name: str, names: NameSource | None = None) -> ir.Value:
+    """Register ``array`` as a new initializer under a fresh name derived from ``name``."""
+    fresh = (names or NameSource(graph))(name)
+    tensor = ir.tensor(np.ascontiguousarray(array), name=fresh)
+    value = ir.Value(name=fresh, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
+                     const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def set_input_const(node: ir.Node, index: int, array: np.ndarray, name: str | None = None) -> ir.Value:
+    """Point input ``index`` of ``node`` at a new initializer holding ``array``.
+
+    A new value is made rather than overwriting the old tensor, because the old one may be shared
+    by other nodes; the old initializer is dropped by dead-code elimination if nothing uses it.
+    """
+    graph = node.graph
+    assert isinstance(graph, ir.Graph), "node must belong to the main graph"
+    old = node.inputs[index] if index < len(node.inputs) else None
+    base = name or (old.name if old is not None and old.name else f"{node.name or node.op_type}_in{index}")
+    value = add_initializer(graph, array, base)
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+    _drop_if_orphan(graph, old)
+    return value
+
+
+def _drop_if_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove an initializer nothing reads any more, so figures after a pass are not inflated."""
+    if value is None or not value.is_initializer() or value.uses() or value.is_graph_output():
+        return
+    if value.is_graph_input():
+        return
+    if value.name in graph.initializers and graph.initializers[value.name] is value:
+        graph.initializers.pop(value.name)
+
+
+def bypass(node: ir.Node, keep: int = 0) -> None:
+    """Remove a one-in one-out node by rewiring its output's readers to its input ``keep``.
+
+    When the output is a graph output, the graph output is rewired to the kept value and the kept
+    value takes the output's name, so the model's interface keeps its names.
+    """
+    src = node.inputs[keep]
+    out = node.outputs[0]
+    assert src is not None
+    graph = node.graph
+    assert isinstance(graph, ir.Graph)
+    if out.is_graph_output():
+        if src.is_graph_input() or src.is_graph_output() or src.is_initializer():
+            # Renaming would break another interface name: keep an Identity instead.
+            ident = ir.node("Identity", [src], name=node.name)
+            ident.outputs[0].name = None
+            graph.insert_before(node, ident)
+            ir.convenience.replace_all_uses_with(out, ident.outputs[0], replace_graph_outputs=True)
+            name = out.name
+            out.name = None
+            ident.outputs[0].name = name
+            ident.outputs[0].shape, ident.outputs[0].type = out.shape, out.type
+        else:
+            ir.convenience.replace_all_uses_with(out, src, replace_graph_outputs=True)
+            name = out.name
+            out.name = None
+            src.name = name
+    else:
+        ir.convenience.replace_all_uses_with(out, src)
+    others = [v for v in node.inputs if v is not None and v is not src]
+    graph.remove(node, safe=True)
+    for v in others:
+        _drop_if_orphan(graph, v)
+
+
+def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The shape of ``value`` when every dim is a known integer, else None."""
+    if value is None or value.shape is None:
+        return None
+    dims = []
+    for d in value.shape:
+        if not isinstance(d, int):
+            return None
+        dims.append(d)
+    return tuple(dims)
+
+
+def nodes_of(graph: ir.Graph, *op_types: str) -> Iterator[ir.Node]:
+    """Nodes of the standard domain with one of ``op_types``, in a snapshot safe to mutate under."""
+    for node in list(graph):
+        if node.op_type in op_types and node.domain in ("", "ai.onnx"):
+            yield node
+
+
+def attr(node: ir.Node, name: str, default=None):
+    """Attribute value of ``node`` as a plain Python value (int, float, str, list), or ``default``."""
+    a = node.attributes.get(name)
+    if a is None:
+        return default
+    return a.value
+
+
+def opset_version(model: ir.Model) -> int:
+    return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
+
+
+def infer_shapes(model: ir.Model) -> None:
+    """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks."""
+    import onnx_ir.passes.common as common
+
+    try:
+        common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except Exception:  # noqa: BLE001 - shapes are a help for matching, never a requirement
+        pass

@@ -1,0 +1,153 @@
+"""Figures of a model (nodes, params, MACs, bytes) and drift between two sets of outputs."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec.graph import opset_version
+from edgec.records import Drift, Summary
+
+Feed = dict[str, np.ndarray]
+
+
+def summarize(model: ir.Model, proto: onnx.ModelProto | None = None) -> Summary:
+    """Node count by op type, parameter count, MACs and serialized bytes.
+
+    Parameters are the elements of floating-point and 8/32-bit integer initializers (weights, biases,
+    quantized weights); int64 tensors are shape plumbing and do not count.
+    """
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph)
+    params = 0
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is None or t.dtype in (ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING):
+            continue
+        params += math.prod(t.shape.numpy()) if t.shape is not None else 0
+    for node in model.graph:
+        if node.op_type == "Constant" and "value" in node.attributes:
+            t = node.attributes["value"].as_tensor()
+            if t.dtype not in (ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING):
+                params += math.prod(t.shape.numpy())
+    if proto is None:
+        proto = ir.serde.serialize_model(model)
+    size = proto.ByteSize() if sum(v.const_value.nbytes for v in model.graph.initializers.values()
+                                   if v.const_value is not None) < 2**31 - 2**24 else _external_bytes(model)
+    return Summary(nodes=model.graph.num_nodes(), ops=dict(sorted(ops.items())), params=int(params),
+                   macs=int(count_macs(proto)) if size < 2**31 - 2**24 else 0, bytes=int(size), opset=opset_version(model))
+
+
+def _external_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def _proto_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every tensor's shape after ONNX shape inference (symbolic dims, e.g. batch, count as 1)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 - a model inference cannot handle still gets a summary
+        inferred = proto
+    g = inferred.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in [*g.input, *g.output, *g.value_info]:
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def node_macs(op: str, attrs: dict[str, int], ins: list[list[int] | None], outs: list[list[int] | None]) -> int:
+    """Multiply-accumulates of one node from its input/output shapes; 0 when a shape is unknown."""
+    def prod(xs: list[int]) -> int:
+        return int(np.prod(xs, dtype=np.int64))
+
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        w = ins[3] if op == "QLinearConv" and len(ins) > 3 else (ins[1] if len(ins) > 1 else None)
+        out = outs[0] if outs else None
+        return prod(out) * prod(w[1:]) if out and w else 0
+    if op == "ConvTranspose":
+        x, w = ins[0], ins[1] if len(ins) > 1 else None
+        return prod(x) * prod(w[1:]) if x and w else 0
+    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        a, out = ins[0], outs[0] if outs else None
+        if not a or not out:
+            return 0
+        k = a[0] if op == "Gemm" and attrs.get("transA", 0) else a[-1]
+        return prod(out) * k
+    return 0
+
+
+def count_macs(proto: onnx.ModelProto) -> int:
+    shapes = _proto_shapes(proto)
+    total = 0
+    for node in proto.graph.node:
+        attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
+        total += node_macs(node.op_type, attrs, [shapes.get(i) for i in node.input],
+                           [shapes.get(o) for o in node.output])
+    return total
+
+
+def drift(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
+    """Worst-output drift of ``candidate`` against ``reference`` over all samples.
+
+    max_rel is max|a-b| / max|a| over an output (elementwise relative error explodes near zero, so the
+    scale is the output's own range). top-1 agreement is given for outputs shaped like logits [N, C].
+    """
+    names = list(reference[0]) if reference else []
+    per: dict[str, dict[str, float | None]] = {}
+    for name in names:
+        a = np.concatenate([np.asarray(r[name], dtype=np.float64).ravel() for r in reference])
+        b = np.concatenate([np.asarray(c[name], dtype=np.float64).ravel() for c in candidate])
+        if a.shape != b.shape:
+            per[name] = {"max_abs": math.inf, "max_rel": math.inf, "sqnr_db": -math.inf, "cosine": 0.0,
+                         "top1": 0.0}
+            continue
+        err = np.abs(a - b)
+        max_abs = float(err.max()) if err.size else 0.0
+        scale = float(np.abs(a).max()) if a.size else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+        noise = float(np.sum((a - b) ** 2))
+        signal = float(np.sum(a**2))
+        sqnr = math.inf if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else -math.inf)
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        cosine = float(a @ b / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+        per[name] = {"max_abs": max_abs, "max_rel": max_rel, "sqnr_db": sqnr, "cosine": cosine,
+                     "top1": _top1(reference, candidate, name)}
+    if not per:
+        return Drift(0.0, 0.0, math.inf, 1.0)
+    worst = max(per, key=lambda n: (per[n]["max_rel"] or 0.0))
+    tops = [p["top1"] for p in per.values() if p["top1"] is not None]
+    return Drift(max_abs=max(p["max_abs"] or 0.0 for p in per.values()),
+                 max_rel=per[worst]["max_rel"] or 0.0,
+                 sqnr_db=min(p["sqnr_db"] for p in per.values()),  # type: ignore[type-var]
+                 cosine=min(p["cosine"] for p in per.values()),  # type: ignore[type-var]
+                 top1=min(tops) if tops else None, worst_output=worst, per_output=per)
+
+
+def looks_like_logits(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and 2 <= shape[1] <= 100_000 or (len(shape) == 3 and shape[1] == 1 and shape[2] >= 2)
+
+
+def _top1(reference: Sequence[Feed], candidate: Sequence[Feed], name: str) -> float | None:
+    shape = np.shape(reference[0][name])
+    if not looks_like_logits(tuple(shape)):
+        return None
+    ra = np.concatenate([np.asarray(r[name]).reshape(-1, shape[-1]).argmax(-1) for r in reference])
+    ca = np.concatenate([np.asarray(c[name]).reshape(-1, shape[-1]).argmax(-1) for c in candidate])
+    return float(np.mean(ra == ca))
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    a = np.asarray(reference, dtype=np.float64)
+    noise = float(np.sum((a - np.asarray(candidate, dtype=np.float64)) ** 2))
+    signal = float(np.sum(a**2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 else -math.inf

@@ -1,0 +1,241 @@
+"""Loading and saving models, with the checks that turn a bad file into a one-line error.
+
+Everything inside the pipeline is one IR (onnx_ir). Protos exist only at the edges: reading a file,
+handing a model to ONNX Runtime or the checker, and writing the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from edgec.errors import EdgecError
+from edgec.graph import opset_version
+
+# A serialized proto cannot exceed 2 GiB; above this the model must live with external data.
+PROTO_LIMIT = 2**31 - 2**24
+
+
+def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = None) -> ir.Model:
+    """Read an ONNX file into the IR, with a clear error for every way the file can be wrong.
+
+    ``shapes`` pins input dims (``{"x": (1, 3, 224, 224)}``); a static dim that disagrees is an error.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise EdgecError(f"{p}: no such file")
+    if p.is_dir():
+        raise EdgecError(f"{p}: is a directory, expected an .onnx file")
+    if p.stat().st_size == 0:
+        raise EdgecError(f"{p}: file is empty")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise EdgecError(f"{p}: not a readable ONNX model (truncated or not a protobuf: {_first_line(exc)})") from None
+    if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
+        raise EdgecError(f"{p}: not an ONNX model (no graph)", hint="is this the right file?")
+    _check_proto(proto, p)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on malformed input
+        raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}") from None
+    # External tensors are resolved relative to the model's folder, lazily (memory-mapped on use).
+    for init in model.graph.initializers.values():
+        tensor = init.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.base_dir = str(p.parent.resolve())
+            if not (p.parent / tensor.location).exists():
+                raise EdgecError(f"{p}: external data file '{tensor.location}' for '{init.name}' is missing")
+    if shapes:
+        pin_shapes(model, shapes, source=str(p))
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _check_proto(proto: onnx.ModelProto, path: Path) -> None:
+    """Structural checks the IR would not report clearly: duplicates, dangling inputs, cycles."""
+    g = proto.graph
+    produced: dict[str, str] = {}
+    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    for t in g.initializer:
+        if t.name in produced:
+            raise EdgecError(f"{path}: initializer name '{t.name}' is duplicated")
+        produced[t.name] = "initializer"
+    for node in g.node:
+        for out in node.output:
+            if not out:
+                continue
+            if out in produced and produced[out] != "initializer":
+                raise EdgecError(f"{path}: tensor '{out}' is produced twice (nodes '{produced[out]}' and '{node.name}')")
+            produced[out] = node.name or node.op_type
+    all_known = known | set(produced)
+    for node in g.node:
+        for inp in node.input:
+            if inp not in all_known and not _is_subgraph_capture(node):
+                raise EdgecError(f"{path}: node '{node.name or node.op_type}' reads '{inp}', which nothing produces")
+    for out in g.output:
+        if out.name not in all_known:
+            raise EdgecError(f"{path}: graph output '{out.name}' is never produced")
+    # Cycle check: Kahn's algorithm over tensor dependencies.
+    producer_of = {o: i for i, n in enumerate(g.node) for o in n.output if o}
+    indeg = [0] * len(g.node)
+    users: dict[int, list[int]] = {}
+    for i, n in enumerate(g.node):
+        deps = {producer_of[x] for x in n.input if x in producer_of}
+        indeg[i] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready = [i for i, d in enumerate(indeg) if d == 0]
+    seen = 0
+    while ready:
+        i = ready.pop()
+        seen += 1
+        for u in users.get(i, []):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    if seen != len(g.node):
+        stuck = next(n for i, n in enumerate(g.node) if indeg[i] > 0)
+        raise EdgecError(f"{path}: the graph has a cycle through node '{stuck.name or stuck.op_type}'")
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > onnx.defs.onnx_opset_version():
+            raise EdgecError(f"{path}: opset {opset.version} is newer than this onnx supports "
+                             f"({onnx.defs.onnx_opset_version()})", hint="upgrade onnx or re-export")
+
+
+def _is_subgraph_capture(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def pin_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str = "model") -> None:
+    by_name = {v.name: v for v in model.graph.inputs}
+    for name, dims in shapes.items():
+        if name not in by_name:
+            raise EdgecError(f"--shape: '{name}' is not an input of {source}",
+                             hint=f"inputs: {', '.join(by_name)}")
+        value = by_name[name]
+        old = value.shape
+        if old is not None and len(old) != len(dims):
+            raise EdgecError(f"--shape {name}: rank {len(dims)} given, the input has rank {len(old)} ({old})")
+        if old is not None:
+            for i, (o, d) in enumerate(zip(old, dims)):
+                if isinstance(o, int) and o != d:
+                    raise EdgecError(f"--shape {name}: dim {i} is fixed at {o} in the model, {d} given")
+        if any(d <= 0 for d in dims):
+            raise EdgecError(f"--shape {name}: dims must be positive, got {dims}")
+        value.shape = ir.Shape(dims)
+    # Shapes inferred from the old dims are stale now.
+    for node in model.graph:
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.shape = None
+
+
+def parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x=1,3,224,224", "y=1,10"]`` -> {"x": (1,3,224,224), ...}; also ``"1,3,224,224"`` for a single input."""
+    out: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, _, dims = item.rpartition("=")
+        try:
+            parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise EdgecError(f"--shape {item!r}: dims must be integers like name=1,3,224,224") from None
+        if not parsed:
+            raise EdgecError(f"--shape {item!r}: no dims given")
+        out[name or "*"] = parsed
+    return out
+
+
+def resolve_star_shape(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    if "*" not in shapes:
+        return shapes
+    if len(model.graph.inputs) != 1:
+        raise EdgecError("--shape without a name needs a single-input model",
+                         hint="name the input: --shape NAME=1,3,224,224")
+    dims = shapes.pop("*")
+    shapes[model.graph.inputs[0].name or ""] = dims
+    return shapes
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    return to_proto(model).SerializeToString()
+
+
+def from_proto(proto: onnx.ModelProto) -> ir.Model:
+    return ir.serde.deserialize_model(proto)
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """A deep copy, made through the proto (small models) - the IR has no cheap deep copy."""
+    return from_proto(onnx.ModelProto.FromString(to_bytes(model)))
+
+
+def ensure_opset(model: ir.Model, version: int) -> ir.Model:
+    """Return ``model`` with a default-domain opset of at least ``version`` (converted if needed)."""
+    current = opset_version(model)
+    if current >= version:
+        return model
+    proto = to_proto(model)
+    try:
+        converted = onnx.version_converter.convert_version(proto, version)
+    except Exception as exc:  # noqa: BLE001 - the converter raises plain RuntimeErrors
+        raise EdgecError(f"cannot upgrade the model from opset {current} to {version}: {_first_line(exc)}") from None
+    return from_proto(converted)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path next to ``final``; rename it onto ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def save(model: ir.Model, path: str | os.PathLike) -> Path:
+    """Write ``model`` atomically. Models past the 2 GiB proto limit get an external data file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value) > PROTO_LIMIT
+        if big:
+            data_name = path.name + ".data"
+            with atomic_path(path.parent / data_name) as tmp_data, atomic_path(path) as tmp:
+                ir.save(model, tmp, external_data=tmp_data.name)
+                # ir.save wrote the data under the temp name it was given; the proto points at that name.
+                proto = onnx.load(str(tmp), load_external_data=False)
+                for t in proto.graph.initializer:
+                    for entry in t.external_data:
+                        if entry.key == "location":
+                            entry.value = data_name
+                onnx.save(proto, str(tmp))
+        else:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(to_bytes(model))
+    except OSError as exc:
+        raise EdgecError(f"{path}: cannot write ({exc.strerror or exc})",
+                         hint="check the output folder exists, is writable and has free space") from None
+    return path
