@@ -82,7 +82,7 @@ class NameSource:
 def add_initializer(graph: ir.Graph, array: np.ndarray, name: str, names: NameSource | None = None) -> ir.Value:
     """Register ``array`` as a new initializer under a fresh name derived from ``name``."""
     fresh = (names or NameSource(graph))(name)
-    tensor = ir.tensor(np.ascontiguousarray(array), name=fresh)
+    tensor = ir.tensor(np.asarray(array, order="C"), name=fresh)  # ascontiguousarray would make 0-d arrays 1-d
     value = ir.Value(name=fresh, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
                      const_value=tensor)
     graph.register_initializer(value)
@@ -144,6 +144,11 @@ def bypass(node: ir.Node, keep: int = 0) -> None:
             name = out.name
             out.name = None
             src.name = name
+            # The graph output must keep a full type: take the declared one where src has none.
+            if src.type is None:
+                src.type = out.type
+            if src.shape is None:
+                src.shape = out.shape
     else:
         ir.convenience.replace_all_uses_with(out, src)
     others = [v for v in node.inputs if v is not None and v is not src]

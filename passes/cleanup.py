@@ -12,7 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxruntime as ort
 
-from edgec.graph import bypass, const_array, consumers, NameSource, add_initializer, static_shape, attr
+from edgec.graph import NameSource, add_initializer, attr, bypass, const_array, consumers, infer_shapes, static_shape
 from edgec.pass_infra import Pass, PassContext, register
 
 
@@ -55,6 +55,7 @@ class FoldConstants(Pass):
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
         graph = model.graph
         common.TopologicalSortPass()(model)
+        infer_shapes(model)  # Shape/Size fold only where the shape is known
         names = NameSource(graph)
         opset = model.opset_imports.get("", 13)
         changed = False

@@ -19,10 +19,11 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 TEST_SHAPES: dict[str, tuple[int, ...]] = {
     "resnet18": (1, 3, 64, 64),
@@ -127,7 +128,7 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2Style(nn.Module):
     # (expansion t, channels c, repeats n, first stride s) from the MobileNetV2 paper, table 2.
-    CONFIG = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    CONFIG: ClassVar[list[tuple[int, int, int, int]]] = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
     def __init__(self, width_mult: float = 0.35, num_classes: int = 10) -> None:
         super().__init__()

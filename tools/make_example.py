@@ -34,7 +34,7 @@ EPOCHS = 40
 
 
 def _model():  # torch is imported lazily so `--help`-style imports of this file stay cheap
-    import torch.nn as nn
+    from torch import nn
 
     class DigitsNet(nn.Module):
         def __init__(self) -> None:

