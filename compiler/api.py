@@ -46,10 +46,12 @@ def load_model(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int,
     return loaded
 
 
-def sample_feeds(model: ir.Model, calib: data.FeedSource | None, samples: str | Path | None, n: int,
+def sample_feeds(model: ir.Model, calib: data.FeedSource | None, samples: Any, n: int,
                  preprocess: Any, warnings: list[str]) -> tuple[list[Feed], str]:
     """A few real feeds for drift: ``samples`` if given, else spread over the calibration data, else
     random noise with a loud warning."""
+    if isinstance(samples, (list, tuple)):
+        return [dict(f) for f in samples][:n], f"{min(n, len(samples))} given feeds"
     if samples is not None:
         src = data.load_feeds(samples, model, limit=n, preprocess=preprocess)
         assert src is not None
@@ -70,8 +72,8 @@ def compile(  # noqa: A001 - the product's verb
     *,
     target: str | None = None,
     passes: str | Sequence[str] | Sequence[Pass] | None = None,
-    calib: str | os.PathLike | None = None,
-    samples: str | os.PathLike | None = None,
+    calib: str | os.PathLike | Sequence[Feed] | None = None,
+    samples: str | os.PathLike | Sequence[Feed] | None = None,
     num_samples: int = 8,
     calib_limit: int | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -96,7 +98,12 @@ def compile(  # noqa: A001 - the product's verb
     loaded = load_model(model, shapes)
     warnings: list[str] = []
     preprocess = options.get("preprocess")
-    calib_src = data.load_feeds(calib, loaded, limit=calib_limit, preprocess=preprocess)
+    if isinstance(calib, (list, tuple)):  # feeds given directly from Python
+        feeds_list = [dict(f) for f in calib][:calib_limit]
+        calib_src: data.FeedSource | None = data.FeedSource(len(feeds_list), feeds_list.__getitem__,
+                                                             f"{len(feeds_list)} given feeds")
+    else:
+        calib_src = data.load_feeds(calib, loaded, limit=calib_limit, preprocess=preprocess)
     if calib_src is not None and calib_src.synthetic:
         warnings.append(data.RANDOM_WARNING)
     feeds, desc = sample_feeds(loaded, calib_src, samples, num_samples, preprocess, warnings)
