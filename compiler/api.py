@@ -67,7 +67,7 @@ def sample_feeds(model: ir.Model, calib: data.FeedSource | None, samples: Any, n
     return src.head(n), src.description
 
 
-def compile(  # noqa: A001 - the product's verb
+def compile(
     model: str | os.PathLike | ir.Model,
     *,
     target: str | None = None,

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import traceback
-from pathlib import Path
 from typing import Any
 
 from edgec.errors import EdgecError

@@ -23,6 +23,13 @@ RANDOM_WARNING = ("calibration/sample data is RANDOM noise (--calib random): dri
                   "are not those of real inputs")
 
 
+_SHAPE_HINT = "save one array per input as [samples, *input_shape] (or a single sample as the input shape)"
+
+
+def _one_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
 class FeedSource(Sequence[Feed]):
     """A lazy, indexable list of feeds: ``load(i)`` builds feed ``i`` on demand."""
 
@@ -74,12 +81,12 @@ def _fit(arr: np.ndarray, name: str, dims: tuple[int | str, ...], dtype: np.dtyp
         samples = list(arr)
     else:
         raise EdgecError(f"{origin}: array '{name}' has shape {arr.shape}; input '{name}' wants rank {rank} "
-                         f"({list(dims)}) or a leading sample axis")
+                         f"({list(dims)}) or a leading sample axis", hint=_SHAPE_HINT)
     for s in samples[:1]:
         for i, (d, got) in enumerate(zip(dims, s.shape)):
             if isinstance(d, int) and d != got:
                 raise EdgecError(f"{origin}: array '{name}' has shape {s.shape}, input '{name}' wants "
-                                 f"{list(dims)} (dim {i})")
+                                 f"{list(dims)} (dim {i})", hint=_SHAPE_HINT)
     return [np.asarray(s, dtype=dtype) for s in samples]
 
 
@@ -87,7 +94,8 @@ def from_npz(path: Path, model: ir.Model) -> FeedSource:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for bad files
-        raise EdgecError(f"{path}: cannot read as .npz/.npy ({str(exc).splitlines()[0][:120]})") from None
+        raise EdgecError(f"{path}: cannot read as .npz/.npy ({str(exc).splitlines()[0][:120]})",
+                         hint="write it with numpy.savez(path, input_name=array)") from None
     specs = input_specs(model)
     if isinstance(data, np.ndarray):
         if len(specs) != 1:
@@ -104,10 +112,11 @@ def from_npz(path: Path, model: ir.Model) -> FeedSource:
     per_input = {name: _fit(arrays[name], name, dims, dt, str(path)) for name, dims, dt in specs}
     counts = {len(v) for v in per_input.values()}
     if len(counts) != 1:
-        raise EdgecError(f"{path}: inputs have different sample counts {sorted(counts)}")
+        raise EdgecError(f"{path}: inputs have different sample counts {sorted(counts)}",
+                         hint="give every input the same number of samples")
     n = counts.pop()
     if n == 0:
-        raise EdgecError(f"{path}: holds no samples")
+        raise EdgecError(f"{path}: holds no samples", hint="save at least one sample per input")
     return FeedSource(n, lambda i: {k: v[i] for k, v in per_input.items()}, f"{path.name} ({n} samples)")
 
 
@@ -141,17 +150,19 @@ def from_function(spec: str, model: ir.Model) -> FeedSource:
     try:
         func = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
-        raise EdgecError(f"--calib {spec}: cannot import ({exc})") from None
+        raise EdgecError(f"--calib {spec}: cannot import ({exc})", hint="check the module is on PYTHONPATH") from None
     try:
         feeds = [dict(f) for f in func()]
     except Exception as exc:  # noqa: BLE001 - user code
-        raise EdgecError(f"--calib {spec}: the function failed: {type(exc).__name__}: {exc}") from None
+        raise EdgecError(f"--calib {spec}: the function failed: {type(exc).__name__}: {_one_line(exc)}",
+                         hint="run it in Python to see the traceback") from None
     if not feeds:
-        raise EdgecError(f"--calib {spec}: returned no feeds")
+        raise EdgecError(f"--calib {spec}: returned no feeds", hint="return an iterable of {input_name: array}")
     names = {n for n, _d, _t in input_specs(model)}
     missing = names - set(feeds[0])
     if missing:
-        raise EdgecError(f"--calib {spec}: feeds lack inputs {sorted(missing)}")
+        raise EdgecError(f"--calib {spec}: feeds lack inputs {sorted(missing)}",
+                         hint="each feed is a dict with one array per model input")
     return FeedSource(len(feeds), lambda i: feeds[i], f"{spec} ({len(feeds)} samples)")
 
 
@@ -170,7 +181,7 @@ def load_feeds(spec: str | Path | None, model: ir.Model, *, limit: int | None = 
         return images.image_feeds(path, model, preprocess=preprocess, limit=limit)
     if path.suffix in (".npz", ".npy"):
         if not path.exists():
-            raise EdgecError(f"{path}: no such file")
+            raise EdgecError(f"{path}: no such file", hint="check the path")
         src = from_npz(path, model)
     elif ":" in text and not path.exists():
         src = from_function(text, model)

@@ -6,6 +6,7 @@ so the passes that use them read like the subgraphs they rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 
@@ -190,9 +191,8 @@ def opset_version(model: ir.Model) -> int:
 
 def infer_shapes(model: ir.Model) -> None:
     """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks."""
-    import onnx_ir.passes.common as common
+    from onnx_ir.passes import common
 
-    try:
+    # Shapes are a help for matching, never a requirement: a model inference cannot handle is fine.
+    with contextlib.suppress(Exception):
         common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except Exception:  # noqa: BLE001 - shapes are a help for matching, never a requirement
-        pass

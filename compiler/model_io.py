@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,39 +24,53 @@ from edgec.graph import opset_version
 PROTO_LIMIT = 2**31 - 2**24
 
 
-def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = None) -> ir.Model:
+# Domains ONNX Runtime's CPU build has kernels for; an op in any other domain is a custom op.
+ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                         "ai.onnx.training", "ai.onnx.preview.training", "com.ms.internal.nhwc"})
+
+
+def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = None, *,
+         allow_custom_ops: bool = False) -> ir.Model:
     """Read an ONNX file into the IR, with a clear error for every way the file can be wrong.
 
     ``shapes`` pins input dims (``{"x": (1, 3, 224, 224)}``); a static dim that disagrees is an error.
+    Custom-domain ops are refused unless ``allow_custom_ops`` (inspecting a model needs no runtime;
+    compiling does: every pass is checked by running the model in ONNX Runtime).
     """
     p = Path(path)
     if not p.exists():
-        raise EdgecError(f"{p}: no such file")
+        raise EdgecError(f"{p}: no such file", hint="check the path")
     if p.is_dir():
-        raise EdgecError(f"{p}: is a directory, expected an .onnx file")
+        raise EdgecError(f"{p}: is a directory, expected an .onnx file", hint="give the .onnx file inside it")
     if p.stat().st_size == 0:
-        raise EdgecError(f"{p}: file is empty")
+        raise EdgecError(f"{p}: file is empty", hint="re-export or re-download the model")
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise EdgecError(f"{p}: not a readable ONNX model (truncated or not a protobuf: {_first_line(exc)})") from None
+        raise EdgecError(f"{p}: not a readable ONNX model (truncated or not a protobuf: {_first_line(exc)})",
+                         hint="is this the right file? re-export or re-download it") from None
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
         raise EdgecError(f"{p}: not an ONNX model (no graph)", hint="is this the right file?")
     _check_proto(proto, p)
+    _check_ops(proto, p, allow_custom_ops)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on malformed input
-        raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}") from None
+        raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}", hint="re-export the model") from None
     # External tensors are resolved relative to the model's folder, lazily (memory-mapped on use).
     for init in model.graph.initializers.values():
         tensor = init.const_value
         if isinstance(tensor, ir.ExternalTensor):
             tensor.base_dir = str(p.parent.resolve())
             if not (p.parent / tensor.location).exists():
-                raise EdgecError(f"{p}: external data file '{tensor.location}' for '{init.name}' is missing")
+                raise EdgecError(f"{p}: external data file '{tensor.location}' for '{init.name}' is missing",
+                                 hint="copy it next to the model file")
     if shapes:
         pin_shapes(model, shapes, source=str(p))
     return model
+
+
+_REEXPORT = "the file is not a valid ONNX graph: re-export it (onnx.checker.check_model shows the details)"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -70,23 +85,25 @@ def _check_proto(proto: onnx.ModelProto, path: Path) -> None:
     known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
     for t in g.initializer:
         if t.name in produced:
-            raise EdgecError(f"{path}: initializer name '{t.name}' is duplicated")
+            raise EdgecError(f"{path}: initializer name '{t.name}' is duplicated", hint=_REEXPORT)
         produced[t.name] = "initializer"
     for node in g.node:
         for out in node.output:
             if not out:
                 continue
             if out in produced and produced[out] != "initializer":
-                raise EdgecError(f"{path}: tensor '{out}' is produced twice (nodes '{produced[out]}' and '{node.name}')")
+                raise EdgecError(f"{path}: tensor '{out}' is produced twice (nodes '{produced[out]}' and "
+                                 f"'{node.name}')", hint=_REEXPORT)
             produced[out] = node.name or node.op_type
     all_known = known | set(produced)
     for node in g.node:
         for inp in node.input:
             if inp not in all_known and not _is_subgraph_capture(node):
-                raise EdgecError(f"{path}: node '{node.name or node.op_type}' reads '{inp}', which nothing produces")
+                raise EdgecError(f"{path}: node '{node.name or node.op_type}' reads '{inp}', which nothing produces",
+                                 hint=_REEXPORT)
     for out in g.output:
         if out.name not in all_known:
-            raise EdgecError(f"{path}: graph output '{out.name}' is never produced")
+            raise EdgecError(f"{path}: graph output '{out.name}' is never produced", hint=_REEXPORT)
     # Cycle check: Kahn's algorithm over tensor dependencies.
     producer_of = {o: i for i, n in enumerate(g.node) for o in n.output if o}
     indeg = [0] * len(g.node)
@@ -107,11 +124,38 @@ def _check_proto(proto: onnx.ModelProto, path: Path) -> None:
                 ready.append(u)
     if seen != len(g.node):
         stuck = next(n for i, n in enumerate(g.node) if indeg[i] > 0)
-        raise EdgecError(f"{path}: the graph has a cycle through node '{stuck.name or stuck.op_type}'")
+        raise EdgecError(f"{path}: the graph has a cycle through node '{stuck.name or stuck.op_type}'",
+                         hint=_REEXPORT)
     for opset in proto.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > onnx.defs.onnx_opset_version():
             raise EdgecError(f"{path}: opset {opset.version} is newer than this onnx supports "
                              f"({onnx.defs.onnx_opset_version()})", hint="upgrade onnx or re-export")
+
+
+def _check_ops(proto: onnx.ModelProto, path: Path, allow_custom: bool) -> None:
+    """Every top-level node's domain is imported, default-domain ops exist at the model's opset, and
+    (unless allowed) no op needs a kernel ONNX Runtime does not have."""
+    imported = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
+    functions = {(f.domain, f.name) for f in proto.functions}
+    for node in proto.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        label = f"node '{node.name or (node.output[0] if node.output else node.op_type)}'"
+        if (node.domain, node.op_type) in functions:
+            continue  # a model-local function: ORT inlines it
+        if domain not in imported:
+            raise EdgecError(f"{path}: {label} ({node.domain}::{node.op_type}) uses domain '{node.domain}', which "
+                             f"the model does not import", hint="fix the exporter or add the domain to opset_import")
+        if domain == "":
+            try:
+                onnx.defs.get_schema(node.op_type, imported[""], "")
+            except onnx.defs.SchemaError:
+                raise EdgecError(f"{path}: {label} uses op '{node.op_type}', which ONNX opset {imported['']} "
+                                 f"does not define", hint="a custom op needs its own domain; otherwise re-export "
+                                 "with standard ops") from None
+        elif domain not in ORT_DOMAINS and not allow_custom:
+            raise EdgecError(f"{path}: {label} is a custom op ({node.domain}::{node.op_type}) that ONNX Runtime "
+                             f"has no kernel for; edgec checks every pass by running the model",
+                             hint="export it with standard ONNX ops or as a model-local function")
 
 
 def _is_subgraph_capture(node: onnx.NodeProto) -> bool:
@@ -127,13 +171,15 @@ def pin_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str 
         value = by_name[name]
         old = value.shape
         if old is not None and len(old) != len(dims):
-            raise EdgecError(f"--shape {name}: rank {len(dims)} given, the input has rank {len(old)} ({old})")
+            raise EdgecError(f"--shape {name}: rank {len(dims)} given, the input has rank {len(old)} ({old})",
+                             hint=f"give {len(old)} dims")
         if old is not None:
             for i, (o, d) in enumerate(zip(old, dims)):
                 if isinstance(o, int) and o != d:
-                    raise EdgecError(f"--shape {name}: dim {i} is fixed at {o} in the model, {d} given")
+                    raise EdgecError(f"--shape {name}: dim {i} is fixed at {o} in the model, {d} given",
+                                     hint="only symbolic dims can be pinned; keep the fixed ones")
         if any(d <= 0 for d in dims):
-            raise EdgecError(f"--shape {name}: dims must be positive, got {dims}")
+            raise EdgecError(f"--shape {name}: dims must be positive, got {dims}", hint="e.g. --shape x=1,3,224,224")
         value.shape = ir.Shape(dims)
     # Shapes inferred from the old dims are stale now.
     for node in model.graph:
@@ -150,9 +196,9 @@ def parse_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
         try:
             parsed = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
         except ValueError:
-            raise EdgecError(f"--shape {item!r}: dims must be integers like name=1,3,224,224") from None
+            raise EdgecError(f"--shape {item!r}: dims must be integers", hint="e.g. --shape x=1,3,224,224") from None
         if not parsed:
-            raise EdgecError(f"--shape {item!r}: no dims given")
+            raise EdgecError(f"--shape {item!r}: no dims given", hint="e.g. --shape x=1,3,224,224")
         out[name or "*"] = parsed
     return out
 
@@ -206,6 +252,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp makes the file 0600; an artifact should get the permissions any new file would.
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -213,6 +261,51 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp folder next to ``final``; when the block succeeds, move every file in it into
+    ``final`` (created if needed). On any failure (a full disk included) ``final`` is left exactly as
+    it was and the temp folder is removed. An OSError becomes an EdgecError naming ``final``.
+
+    Each file is moved with os.replace (atomic per file, no data copied: same filesystem), so the only
+    window for a partial result is between renames, where no space is needed.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise EdgecError(f"-o {final}: exists and is not a folder", hint="choose a folder name")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise EdgecError(f"-o {final}: cannot create the output folder ({exc.strerror or exc})",
+                         hint="check the path, its permissions and free space") from None
+    try:
+        yield stage
+        final.mkdir(exist_ok=True)
+        for item in sorted(stage.rglob("*")):
+            target = final / item.relative_to(stage)
+            if item.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                os.replace(item, target)
+    except OSError as exc:
+        raise EdgecError(f"-o {final}: cannot write the output ({exc.strerror or exc}); the folder was left as "
+                         "it was", hint="check free space and permissions") from None
+    except EdgecError as exc:
+        # A writer inside the block names the temp folder; the user knows only ``final``.
+        if str(stage) in exc.message:
+            raise EdgecError(exc.message.replace(str(stage), str(final)), exc.hint) from None
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def save(model: ir.Model, path: str | os.PathLike) -> Path:

@@ -9,10 +9,19 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 import onnxruntime as ort
+from onnx_ir.passes import common
 
-from edgec.graph import NameSource, add_initializer, attr, bypass, const_array, consumers, infer_shapes, static_shape
+from edgec.graph import (
+    NameSource,
+    add_initializer,
+    attr,
+    bypass,
+    const_array,
+    consumers,
+    infer_shapes,
+    static_shape,
+)
 from edgec.pass_infra import Pass, PassContext, register
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
 
 
 def rng(seed: int = 0) -> np.random.Generator:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import graphs
 import numpy as np
 import pytest
 
-import graphs
 from edgec import model_io, runtime
 from edgec.errors import EdgecError
 from edgec.manager import Manager, PassFailed
