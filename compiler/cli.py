@@ -18,6 +18,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks")
 
 
+def _add_trt(p: Any, compile_flags: bool = False) -> None:
+    p.add_argument("--min-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: smallest shape")
+    p.add_argument("--opt-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: tuned shape")
+    p.add_argument("--max-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: largest shape")
+    p.add_argument("--trt-version", help="TensorRT version the model is for (default 8.6.2, JetPack 6.0)")
+    if compile_flags:
+        p.add_argument("--no-engine", action="store_true", help="do not try to build a TensorRT engine")
+
+
+def _trt_profile(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not (args.min_shape or args.opt_shape or args.max_shape):
+        return None
+    from edgec.backends.tensorrt import parse_profile
+
+    return parse_profile(args.min_shape, args.opt_shape, args.max_shape)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgec", description="graph-level ONNX optimization compiler")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
@@ -38,6 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--exclude", action="append", help="node names or op types to keep in float (repeatable)")
     c.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="pass option, e.g. --set bench_runs=50 (repeatable)")
+    q = c.add_argument_group("quantization (int8 targets)")
+    q.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+                   help="per-channel weight scales (the int8 targets' default)")
+    q.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
+    q.add_argument("--fallback", choices=["auto", "off"], help="auto: keep float where int8 is not faster")
+    q.add_argument("--bias-correct", action="store_true", help="empirical bias correction after quantizing")
+    q.add_argument("--max-drop", type=float, help="mixed precision: largest allowed top-1 drop (points)")
+    q.add_argument("--min-sqnr", type=float, help="mixed precision: lowest allowed output SQNR (dB)")
+    pr = c.add_argument_group("pruning and depthwise replacement")
+    pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
+    pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
+    pr.add_argument("--dw-rank", type=int, help="depthwise: channel multiplier r (default: smallest meeting the floor)")
+    pr.add_argument("--dw-max-error", type=float, help="depthwise: per-layer SQNR floor in dB")
+    pr.add_argument("--dw-min-macs", type=float, help="depthwise: only layers with at least this MAC share")
+    pr.add_argument("--dw-layers", action="append", help="depthwise: node name patterns to consider")
+    tf = c.add_argument_group("TFLite")
+    tf.add_argument("--io", choices=["int8", "float"], help="tflite-int8: quantized or float model inputs/outputs")
+    tf.add_argument("--keep-nchw-io", action="store_true", help="tflite: keep ONNX (NCHW) layout at the boundary")
+    _add_trt(c.add_argument_group("TensorRT"), compile_flags=True)
     c.add_argument("-o", "--out", help="output folder for the artifacts and report.json/report.html")
     c.add_argument("--report", help="also write the report to this .json or .html file")
     c.add_argument("--dump-dir", help="write the model after every pass into this folder")
@@ -68,6 +104,26 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--calib", help="input data (default random)")
     _add_common(b)
 
+    qr = sub.add_parser("quant-report", help="per-layer quantization SQNR of a model: which layers hurt")
+    qr.add_argument("model")
+    qr.add_argument("--calib", help="calibration data (image folder, .npz, module:function, random)")
+    qr.add_argument("-t", "--target", default="cpu-int8")
+    qr.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"])
+    qr.add_argument("--calib-limit", type=int)
+    qr.add_argument("--exclude", action="append")
+    qr.add_argument("--preprocess")
+    qr.add_argument("--top", type=int, default=20, help="rows to print")
+    qr.add_argument("-o", "--out", help="write the report to this .json or .html file")
+    _add_common(qr)
+
+    lt = sub.add_parser("lint", help="check a model against TensorRT's Q/DQ and op rules")
+    lt.add_argument("model")
+    lt.add_argument("-t", "--target", default="jetson-int8")
+    lt.add_argument("--target-file")
+    lt.add_argument("--json", action="store_true")
+    _add_trt(lt)
+    _add_common(lt)
+
     e = sub.add_parser("export", help="PyTorch -> ONNX once (needs edgec[torch])")
     e.add_argument("factory", help="pkg.module:factory returning an nn.Module")
     e.add_argument("--shape", action="append", required=True, help="input shape, e.g. 1,3,224,224 (one per input)")
@@ -93,6 +149,25 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
     if args.preprocess:
         opts["preprocess"] = args.preprocess
+    for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "io"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    for key in ("bias_correct", "keep_nchw_io"):
+        if getattr(args, key):
+            opts[key] = True
+    profile = _trt_profile(args)
+    if profile:
+        opts["trt_profile"] = profile
+    if args.trt_version:
+        opts["trt_version"] = args.trt_version
+    if args.no_engine:
+        opts["build_engine"] = False
+    if args.no_reconstruct:
+        opts["reconstruct"] = False
+    if args.prune_skip:
+        opts["prune_skip"] = [x for e in args.prune_skip for x in e.split(",") if x]
+    if args.dw_layers:
+        opts["dw_layers"] = [x for e in args.dw_layers for x in e.split(",") if x]
     return opts
 
 
@@ -249,6 +324,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quant_report(args: argparse.Namespace) -> int:
+    from edgec import quant_report
+    from edgec.model_io import parse_shapes
+
+    opts: dict[str, Any] = {}
+    if args.calib_method:
+        opts["calib_method"] = args.calib_method
+    if args.exclude:
+        opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
+    if args.preprocess:
+        opts["preprocess"] = args.preprocess
+    rep = quant_report.quant_report(args.model, args.calib, target=args.target, calib_limit=args.calib_limit,
+                                    options=opts, shapes=parse_shapes(args.shape) or None)
+    if args.out:
+        if Path(args.out).suffix not in (".json", ".html"):
+            raise EdgecError(f"-o {args.out}: use a .json or .html file name")
+        quant_report.write(rep, args.out)
+    if not args.quiet:
+        print(quant_report.format_table(rep, top=args.top))
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from edgec.backends import tensorrt_lint
+    from edgec.model_io import parse_shapes
+
+    findings = tensorrt_lint.lint_file(args.model, args.target, shapes=parse_shapes(args.shape) or None,
+                                       target_file=args.target_file, profile=_trt_profile(args),
+                                       trt_version=args.trt_version)
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=2))
+    elif not args.quiet:
+        print(tensorrt_lint.format_findings(findings, source=args.model))
+    return tensorrt_lint.exit_code(findings)
+
+
 def _console(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return None
@@ -261,7 +372,8 @@ def _console(args: argparse.Namespace):
 
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
-            "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export}
+            "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
+            "lint": cmd_lint}
 
 
 def main(argv: list[str] | None = None) -> int:
