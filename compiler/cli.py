@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_trt(lt)
     _add_common(lt)
 
+    pp = sub.add_parser("prune-plan", help="channel-pruning dependency groups: channels, MAC share, why skipped")
+    pp.add_argument("model")
+    pp.add_argument("--json", action="store_true")
+    _add_common(pp)
+
     e = sub.add_parser("export", help="PyTorch -> ONNX once (needs edgec[torch])")
     e.add_argument("factory", help="pkg.module:factory returning an nn.Module")
     e.add_argument("--shape", action="append", required=True, help="input shape, e.g. 1,3,224,224 (one per input)")
@@ -360,6 +365,18 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return tensorrt_lint.exit_code(findings)
 
 
+def cmd_prune_plan(args: argparse.Namespace) -> int:
+    from edgec.model_io import parse_shapes
+    from edgec.passes.prune import format_plan, plan
+
+    rows = plan(args.model, shapes=parse_shapes(args.shape) or None)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not args.quiet:
+        print(format_plan(rows))
+    return 0
+
+
 def _console(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return None
@@ -373,7 +390,7 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan}
 
 
 def main(argv: list[str] | None = None) -> int:
