@@ -35,12 +35,13 @@ def example_paths() -> tuple[Path, Path]:
     return Path(str(root.joinpath("digits.onnx"))), Path(str(root.joinpath("digits_samples.npz")))
 
 
-def load_model(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ...]] | None = None) -> ir.Model:
+def load_model(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ...]] | None = None, *,
+               allow_custom_ops: bool = False) -> ir.Model:
     if isinstance(model, ir.Model):
         if shapes:
             model_io.pin_shapes(model, shapes)
         return model
-    loaded = model_io.load(model)
+    loaded = model_io.load(model, allow_custom_ops=allow_custom_ops)
     if shapes:
         model_io.pin_shapes(loaded, model_io.resolve_star_shape(loaded, dict(shapes)), source=str(model))
     return loaded
@@ -92,6 +93,9 @@ def compile(
     ``.tflite``...) plus ``report.json`` and ``report.html`` there.
     """
     options = dict(options or {})
+    if report is not None and Path(report).suffix not in (".json", ".html"):
+        # Checked before anything runs, so a typo never leaves a half-written -o folder behind.
+        raise EdgecError(f"--report {report}: unknown report format", hint="use a .json or .html file name")
     tgt = targets.get(target or "cpu-fp32", target_file)
     pipeline = parse_pipeline(tgt.passes if passes is None else passes) if not (
         passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
@@ -119,12 +123,15 @@ def compile(
     artifacts = None
     if out_dir is not None:
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise EdgecError(f"-o {out}: exists and is not a folder")
-        artifacts = get_backend(tgt.backend).emit(result_model, tgt, ctx, out)
-        rep.artifacts = artifacts
-        rep.to_json(out / "report.json")
-        rep.to_html(out / "report.html")
+        # Everything goes to a temp folder first and is moved in at the end: a failure (a full disk
+        # included) leaves -o exactly as it was.
+        with model_io.staged_dir(out) as stage:
+            artifacts = get_backend(tgt.backend).emit(result_model, tgt, ctx, stage)
+            artifacts.files = {k: out / Path(v).relative_to(stage) if Path(v).is_relative_to(stage) else v
+                               for k, v in artifacts.files.items()}
+            rep.artifacts = artifacts
+            rep.to_json(stage / "report.json")
+            rep.to_html(stage / "report.html")
     if report is not None:
         _write_report(rep, Path(report))
     return CompileResult(result_model, mgr.records, artifacts, rep, ctx)
@@ -143,7 +150,7 @@ def inspect(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ..
     """Op histogram, params, MACs, bytes, inputs/outputs and opsets of a model."""
     from edgec import metrics
 
-    m = load_model(model, shapes)
+    m = load_model(model, shapes, allow_custom_ops=True)  # inspecting needs no runtime
     s = metrics.summarize(m)
 
     def io(values: Sequence[ir.Value]) -> list[dict[str, Any]]:

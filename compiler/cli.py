@@ -201,7 +201,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             raise EdgecError("no model given", hint="edgec compile model.onnx -o out/  (or --example)")
         model, calib, out = args.model, args.calib, args.out
     if args.num_samples < 1:
-        raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1")
+        raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
     status = console.status("compiling") if console is not None and console.is_terminal else None
     if status is not None:
@@ -403,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edgec: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `edgec inspect x --json | head`: the reader left; nothing to report.
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("edgec: interrupted", file=sys.stderr)
         return 130

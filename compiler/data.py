@@ -128,9 +128,9 @@ def random_feeds(model: ir.Model, n: int, seed: int = 0) -> FeedSource:
         specs.append((name, dims, dt))
         for i, d in enumerate(dims):
             if not isinstance(d, int):
+                example = ",".join(str(x) if isinstance(x, int) else f"<{x}>" for x in dims)
                 raise EdgecError(f"input '{name}' has a symbolic dim '{d}' (axis {i}): random samples need a size",
-                                 hint=f"pin it: --shape {name}=" + ",".join(str(x) if isinstance(x, int) else "N"
-                                                                          for x in dims))
+                                 hint=f"give real data with --calib/--samples, or pin it: --shape {name}={example}")
 
     def load(i: int) -> Feed:
         rng = np.random.default_rng(seed + i)

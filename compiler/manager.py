@@ -46,14 +46,18 @@ class Manager:
         self.final_outputs: list[Feed] | None = None
 
     # -- measurement ------------------------------------------------------------------------------
-    def _outputs(self, model: ir.Model | bytes) -> list[Feed]:
-        return runtime.run(runtime.session(model, optimization="basic"), self.ctx.samples)
+    def _outputs(self, model: ir.Model, proto: onnx.ModelProto) -> list[Feed]:
+        # Bytes plus the folder of the external data (ORT would look in the working directory), or a
+        # temp file when the in-memory weights exceed the 2 GiB proto limit.
+        with model_io.ort_source(model, proto) as (source, external_dir):
+            sess = runtime.session(source, optimization="basic", external_dir=external_dir)
+            return runtime.run(sess, self.ctx.samples)
 
     def start(self, model: ir.Model) -> PassRecord:
         proto = model_io.to_proto(model)
         if self.check_drift:
             try:
-                self.reference = self._outputs(proto.SerializeToString())
+                self.reference = self._outputs(model, proto)
             except EdgecError:
                 raise
             except Exception as exc:  # noqa: BLE001 - ORT's errors name the node at fault
@@ -87,7 +91,7 @@ class Manager:
             seconds = time.perf_counter() - t0
             proto = model_io.to_proto(model)
             self._validate(proto, p)
-            drift, outputs = self._drift(proto, p)
+            drift, outputs = self._drift(model, proto, p)
         except PassFailed as exc:
             if not self.keep_going or backup is None:
                 raise
@@ -124,17 +128,19 @@ class Manager:
 
     def _validate(self, proto: onnx.ModelProto, p: Pass) -> None:
         try:
-            if proto.ByteSize() < model_io.PROTO_LIMIT:
-                onnx.checker.check_model(proto, full_check=True)
+            # Big and external weights are swapped for typed inputs: the full check then works for
+            # models on external data and above 2 GiB instead of being skipped.
+            onnx.checker.check_model(model_io.checkable_proto(proto), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
             raise PassFailed(f"pass '{p.name}' produced an invalid model: {str(exc).strip().splitlines()[0][:300]}",
                              hint="a bug in edgec: please report it; --keep-going skips the pass") from None
 
-    def _drift(self, proto: onnx.ModelProto, p: Pass) -> tuple[Drift | None, list[Feed] | None]:
+    def _drift(self, model: ir.Model, proto: onnx.ModelProto,
+               p: Pass) -> tuple[Drift | None, list[Feed] | None]:
         if not self.check_drift or self.reference is None:
             return None, None
         try:
-            outputs = self._outputs(proto.SerializeToString())
+            outputs = self._outputs(model, proto)
         except Exception as exc:  # noqa: BLE001
             raise PassFailed(f"pass '{p.name}' produced a model ONNX Runtime cannot run: "
                              f"{str(exc).splitlines()[0][:300]}") from None

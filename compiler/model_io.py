@@ -163,7 +163,7 @@ def _is_subgraph_capture(node: onnx.NodeProto) -> bool:
 
 
 def pin_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str = "model") -> None:
-    by_name = {v.name: v for v in model.graph.inputs}
+    by_name = {v.name or "": v for v in model.graph.inputs}
     for name, dims in shapes.items():
         if name not in by_name:
             raise EdgecError(f"--shape: '{name}' is not an input of {source}",
@@ -214,8 +214,81 @@ def resolve_star_shape(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> d
     return shapes
 
 
+def external_dir(model: ir.Model) -> Path | None:
+    """The folder a model's external data lives in (None when every tensor is in memory).
+
+    A model handed to ONNX Runtime as bytes resolves external data against the working directory; a
+    session needs this folder set explicitly (session.model_external_initializers_file_folder_path).
+    """
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and tensor.base_dir:
+            return Path(tensor.base_dir)
+    return None
+
+
+def in_memory_bytes(model: ir.Model) -> int:
+    """Bytes of initializer data held in memory (what a serialized proto would have to carry)."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
+               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
+
+
+@contextlib.contextmanager
+def ort_source(model: ir.Model, proto: onnx.ModelProto | None = None
+               ) -> Iterator[tuple[bytes | Path, Path | None]]:
+    """What to hand ONNX Runtime for ``model``: ``(source, external_dir)`` for runtime.session.
+
+    Usually the serialized bytes (of ``proto`` when the caller has it already) plus the folder the
+    external data lives in. When the in-memory weights would push the proto past 2 GiB (a pass
+    rewrote many big weights), the model is saved to a temp folder with external data and its path
+    is given instead; the folder is removed after.
+    """
+    if in_memory_bytes(model) <= PROTO_LIMIT:
+        yield (proto or to_proto(model)).SerializeToString(), external_dir(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="edgec-ort-") as tmp:
+        yield save(model, Path(tmp) / "model.onnx"), None
+
+
 def to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.serde.serialize_model(model)
+
+
+# Initializers above this size are not needed to check a graph (shape inference reads only small
+# constants such as Reshape shapes), so checkable_proto swaps them for typed graph inputs.
+CHECK_INLINE_LIMIT = 1 << 20
+
+
+def checkable_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` for onnx.checker (full check) that works for any model size and location.
+
+    The checker reads external data relative to the working directory and cannot take a proto over
+    2 GiB. Big and external initializers are therefore replaced by graph inputs of the same type and
+    shape: structure, types and shapes are checked exactly as before, weight bytes are not copied.
+    """
+    g = proto.graph
+    graph = onnx.GraphProto(name=g.name, doc_string=g.doc_string)
+    graph.node.extend(g.node)
+    graph.input.extend(g.input)
+    graph.output.extend(g.output)
+    graph.value_info.extend(g.value_info)
+    graph.sparse_initializer.extend(g.sparse_initializer)
+    graph.quantization_annotation.extend(g.quantization_annotation)
+    inputs = {i.name for i in g.input}
+    for t in g.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.ByteSize() > CHECK_INLINE_LIMIT:
+            if t.name not in inputs:
+                graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            graph.initializer.append(t)
+    out = onnx.ModelProto(ir_version=proto.ir_version, producer_name=proto.producer_name,
+                          producer_version=proto.producer_version, domain=proto.domain,
+                          model_version=proto.model_version, doc_string=proto.doc_string)
+    out.opset_import.extend(proto.opset_import)
+    out.functions.extend(proto.functions)
+    out.metadata_props.extend(proto.metadata_props)
+    out.graph.CopyFrom(graph)
+    return out
 
 
 def to_bytes(model: ir.Model) -> bytes:
@@ -313,8 +386,11 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value) > PROTO_LIMIT
-        if big:
+        tensors = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+        # A model that came with external data keeps it (its tensors still point into the input's data
+        # file, which an inline write would reference, not copy); one above the proto limit needs it.
+        external = any(isinstance(t, ir.ExternalTensor) for t in tensors)
+        if external or in_memory_bytes(model) > PROTO_LIMIT:
             data_name = path.name + ".data"
             with atomic_path(path.parent / data_name) as tmp_data, atomic_path(path) as tmp:
                 ir.save(model, tmp, external_data=tmp_data.name)

@@ -24,9 +24,13 @@ _LEVELS = {
 
 
 def session(model: ir.Model | bytes | str | Path, *, threads: int = 2, optimization: str = "all",
-            spinning: bool = False) -> ort.InferenceSession:
+            spinning: bool = False, external_dir: str | Path | None = None) -> ort.InferenceSession:
     """An ORT CPU session. Spinning is off by default: timed loops that interleave runtimes would
-    otherwise slow each other down (a spinning pool keeps a core busy after each run)."""
+    otherwise slow each other down (a spinning pool keeps a core busy after each run).
+
+    ``external_dir``: where the external data of a model given as bytes lives (taken from the model
+    itself for an ir.Model); ORT would otherwise look in the working directory.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -34,11 +38,16 @@ def session(model: ir.Model | bytes | str | Path, *, threads: int = 2, optimizat
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if isinstance(model, ir.Model):
+        from edgec.model_io import external_dir as _external_dir
+
+        external_dir = external_dir or _external_dir(model)
         source: bytes | str = ir.serde.serialize_model(model).SerializeToString()
     elif isinstance(model, Path):
         source = str(model)
     else:
         source = model
+    if external_dir is not None and isinstance(source, bytes):
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_dir))
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 

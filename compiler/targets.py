@@ -60,7 +60,7 @@ def load_file(path: str | Path) -> dict[str, Target]:
     except FileNotFoundError:
         raise EdgecError(f"--target-file {p}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise EdgecError(f"--target-file {p}: not valid TOML ({exc})") from None
+        raise EdgecError(f"--target-file {p}: not valid TOML ({exc})", hint="fix the TOML at that line") from None
     return _parse(table, str(p))
 
 

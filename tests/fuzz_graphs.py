@@ -275,7 +275,7 @@ def build(spec: NetSpec) -> onnx.ModelProto:
         elif kind == "concat":
             ys = []
             for br in b["branches"]:
-                y, cb, _, _ = bld.conv(x, c, h, w, br)
+                y, _cb, _, _ = bld.conv(x, c, h, w, br)
                 ys.append(y)
             x = bld.node("Concat", ys, axis=1)
             c = sum(br["out"] for br in b["branches"])
