@@ -15,7 +15,7 @@ from edgec import data, model_io, targets
 from edgec.backends import get as get_backend
 from edgec.errors import EdgecError
 from edgec.manager import Manager
-from edgec.pass_infra import Feed, Pass, PassContext, parse_pipeline
+from edgec.pass_infra import Feed, Pass, PassContext, parse_pipeline, parse_spec
 from edgec.records import Artifacts, PassRecord
 from edgec.report import Report
 
@@ -99,6 +99,7 @@ def compile(
     tgt = targets.get(target or "cpu-fp32", target_file)
     pipeline = parse_pipeline(tgt.passes if passes is None else passes) if not (
         passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
+    pipeline = _recovery_passes(pipeline, options)
     loaded = load_model(model, shapes)
     warnings: list[str] = []
     preprocess = options.get("preprocess")
@@ -135,6 +136,26 @@ def compile(
     if report is not None:
         _write_report(rep, Path(report))
     return CompileResult(result_model, mgr.records, artifacts, rep, ctx)
+
+
+def _recovery_passes(pipeline: list[Pass], options: dict[str, Any]) -> list[Pass]:
+    """``equalize`` (before quantize) and empirical ``bias-correct`` (after it) when the options ask.
+
+    Empirical bias correction replaces the quantize pass's own analytic one (both would correct twice).
+    """
+    names = [p.name for p in pipeline]
+    if "quantize" not in names:
+        if options.get("equalize") or options.get("bias_correct"):
+            raise EdgecError("--equalize/--bias-correct need a pipeline with 'quantize' (an int8 target)")
+        return pipeline
+    at = names.index("quantize")
+    out = list(pipeline)
+    if options.get("bias_correct") and "bias-correct" not in names:
+        out.insert(at + 1, parse_spec("bias-correct"))
+        options.setdefault("bias_correction", False)
+    if options.get("equalize") and "equalize" not in names:
+        out.insert(at, parse_spec("equalize:clip=split"))
+    return out
 
 
 def _write_report(rep: Report, path: Path) -> None:

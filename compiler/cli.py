@@ -60,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="per-channel weight scales (the int8 targets' default)")
     q.add_argument("--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor")
     q.add_argument("--fallback", choices=["auto", "off"], help="auto: keep float where int8 is not faster")
-    q.add_argument("--bias-correct", action="store_true", help="empirical bias correction after quantizing")
+    q.add_argument("--bias-correct", action="store_true",
+                   help="empirical bias correction after quantizing (replaces quantize's analytic one)")
+    q.add_argument("--equalize", action="store_true", help="cross-layer equalization before quantizing")
+    q.add_argument("--metric", help="mixed precision metric: sqnr, top1 or module:function")
     q.add_argument("--max-drop", type=float, help="mixed precision: largest allowed top-1 drop (points)")
     q.add_argument("--min-sqnr", type=float, help="mixed precision: lowest allowed output SQNR (dB)")
     pr = c.add_argument_group("pruning and depthwise replacement")
@@ -116,6 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     qr.add_argument("-o", "--out", help="write the report to this .json or .html file")
     _add_common(qr)
 
+    se = sub.add_parser("sensitivity", help="rank layers by how much quantizing them hurts the output")
+    se.add_argument("model")
+    se.add_argument("-t", "--target", default="cpu-int8")
+    se.add_argument("--target-file")
+    se.add_argument("--calib", help="calibration data; the last quarter is held aside unless --eval is given")
+    se.add_argument("--eval", help="held-aside evaluation data")
+    se.add_argument("--metric", default="sqnr", help="sqnr, top1 or module:function")
+    se.add_argument("--limit", type=int, help="use at most this many calibration samples")
+    se.add_argument("--preprocess")
+    se.add_argument("-o", "--out", help="folder for sensitivity.json/.txt/.svg")
+    _add_common(se)
+
     lt = sub.add_parser("lint", help="check a model against TensorRT's Q/DQ and op rules")
     lt.add_argument("model")
     lt.add_argument("-t", "--target", default="jetson-int8")
@@ -157,7 +172,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "io"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
-    for key in ("bias_correct", "keep_nchw_io"):
+    for key in ("bias_correct", "keep_nchw_io", "equalize"):
         if getattr(args, key):
             opts[key] = True
     profile = _trt_profile(args)
@@ -203,6 +218,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
+    opts = _options(args)
+    if args.max_drop is not None or args.min_sqnr is not None:
+        _search(args, model, calib, out, opts, console)
     status = console.status("compiling") if console is not None and console.is_terminal else None
     if status is not None:
         status.start()
@@ -211,7 +229,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
-            dump_dir=args.dump_dir, options=_options(args), report=args.report,
+            dump_dir=args.dump_dir, options=opts, report=args.report,
             on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None)
     finally:
         if status is not None:
@@ -220,6 +238,37 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result.report.print(console)
         if out:
             console.print(f"wrote {out}/ (model, report.json, report.html)")
+    return 0
+
+
+def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | None, opts: dict[str, Any],
+            console: Any) -> None:
+    """Budgeted mixed precision: find which layers stay float, then the compile below uses them."""
+    from edgec import sensitivity
+
+    if args.passes:
+        raise EdgecError("--max-drop/--min-sqnr search the target's pipeline; drop --passes")
+    if calib is None:
+        raise EdgecError("--max-drop/--min-sqnr need --calib (part of it is held aside for evaluation)")
+    res = sensitivity.run_search(model, args.target or "cpu-int8", calib, max_drop=args.max_drop,
+                                 min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
+                                 out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
+                                 limit=args.calib_limit, preprocess=opts.get("preprocess"),
+                                 target_file=args.target_file)
+    opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
+    if console is not None:
+        console.print(res.message)
+        console.print(res.pareto_table())
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from edgec import sensitivity
+
+    res = sensitivity.run_sensitivity(args.model, args.target, args.calib or "random", eval_spec=args.eval,
+                                      metric=args.metric, out_dir=args.out, limit=args.limit,
+                                      preprocess=args.preprocess, target_file=args.target_file)
+    if not args.quiet:
+        print(res.table())
     return 0
 
 
@@ -390,7 +439,7 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity}
 
 
 def main(argv: list[str] | None = None) -> int:

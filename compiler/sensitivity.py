@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+
 from edgec import calib, metrics, model_io, runtime, targets
 from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, attr, const_array, nodes_of
@@ -52,6 +54,43 @@ def quantizable_layers(model: ir.Model) -> list[str]:
     return out
 
 
+# Weightless ops the int8 runtimes run in int8 with their own output scale (a residual Add, a Concat, a
+# pooling): their quantized tensors cost accuracy too, so they are candidates for staying float as well.
+TENSOR_OPS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu", "Softmax")
+
+
+def candidates(model: ir.Model) -> list[str]:
+    """What sensitivity ranks and the search may keep float: the weighted layers, then the named
+    weightless int8 ops (TENSOR_OPS) whose inputs are all computed (not constants)."""
+    out = quantizable_layers(model)
+    for node in nodes_of(model.graph, *TENSOR_OPS):
+        if node.name and all(v is not None and const_array(v) is None for v in node.inputs):
+            out.append(node.name)
+    return out
+
+
+# Elementwise activations next to a layer: excluded together with it, because full-integer placement
+# (TFLite) quantizes them on their own and would re-quantize the very tensor the float layer should read.
+_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Elu",
+                "Selu", "Softplus", "Gelu", "Identity")
+
+
+def exclusion_unit(model: ir.Model, layer: str) -> list[str]:
+    """``layer`` plus the activation nodes directly before and after it: what keeping it float means."""
+    node = next((n for n in model.graph if n.name == layer), None)
+    if node is None:
+        return [layer]
+    unit = [layer]
+    x = node.inputs[0]
+    prod = x.producer() if x is not None else None
+    if prod is not None and prod.op_type in _ACTIVATIONS and prod.name:
+        unit.append(prod.name)
+    users = list(node.outputs[0].consumers())
+    if len(users) == 1 and users[0].op_type in _ACTIVATIONS and users[0].name:
+        unit.append(users[0].name)
+    return unit
+
+
 def has_quantize_pass() -> bool:
     return "quantize" in registry()
 
@@ -68,15 +107,27 @@ class Quantizer:
         self.float_bytes = model_io.to_bytes(model)
         self.scheme = dict(scheme)
         self.feeds = list(calib_feeds)
-        self.options = dict(options or {})
+        # Per-layer SQNR rows of the quantize pass cost one ORT run per layer and are not used here.
+        self.options = {"layer_sqnr": False, **dict(options or {})}
         self.kind = "quantize pass" if has_quantize_pass() and not force_simulated else "simulated"
         self.cache: dict[str, Any] = {}
         self._stats: dict[str, calib.TensorStats] | None = None
+        # Searches revisit configurations (the analysis's all-but-one runs are the search's first steps).
+        self._memo: dict[tuple[str, ...], tuple[bytes, dict[str, Any]]] = {}
 
     def float_model(self) -> ir.Model:
-        return model_io.from_proto(__import__("onnx").ModelProto.FromString(self.float_bytes))
+        return model_io.from_proto(onnx.ModelProto.FromString(self.float_bytes))
 
     def __call__(self, exclude: Sequence[str] = ()) -> tuple[ir.Model, dict[str, Any]]:
+        key = tuple(sorted(set(exclude)))
+        if key not in self._memo:
+            model, details = self._quantize(list(key))
+            self._memo[key] = (model_io.to_bytes(model), details)
+            return model, details
+        data, details = self._memo[key]
+        return model_io.from_proto(onnx.ModelProto.FromString(data)), dict(details)
+
+    def _quantize(self, exclude: list[str]) -> tuple[ir.Model, dict[str, Any]]:
         model = self.float_model()
         if self.kind == "quantize pass":
             ctx = PassContext(samples=self.feeds[:4], calib=self.feeds, scheme=self.scheme,
@@ -250,24 +301,30 @@ class SensitivityResult:
         """A plain-text table plus a bar per layer (the output SQNR when only it is int8)."""
         rows = self.rows[:top] if top else self.rows
         worst = max((r.only_sqnr_db for r in rows if math.isfinite(r.only_sqnr_db)), default=60.0)
-        lines = [f"{'rank':>4}  {'layer':<44} {'op':<7} {'only int8 dB':>12} {'all-but dB':>10} "
-                 f"{'gain':>8}  bar (lower SQNR = longer)"]
+        lines = [(f"{'rank':>4}  {'layer':<44} {'op':<7} {'only int8 dB':>12} {'all-but dB':>10} "
+                  f"{'gain':>8}  bar (lower SQNR = longer)")]
         for i, r in enumerate(rows, 1):
-            bar = "#" * max(1, int(round(40 * (1 - min(r.only_sqnr_db, worst) / max(worst, 1e-9))))) \
+            bar = "#" * max(1, round(40 * (1 - min(r.only_sqnr_db, worst) / max(worst, 1e-9)))) \
                 if math.isfinite(r.only_sqnr_db) else ""
             lines.append(f"{i:>4}  {r.layer[-44:]:<44} {r.op:<7} {r.only_sqnr_db:>12.2f} {r.all_but_sqnr_db:>10.2f} "
                          f"{r.gain:>8.2f}  {bar}")
         return "\n".join(lines)
 
     def bar_plot(self, path: str | Path, top: int = 20) -> Path:
-        """An SVG bar chart (no plotting dependency): output SQNR with only that layer int8."""
+        """Write ``svg(top)`` to ``path``."""
+        p = Path(path)
+        p.write_text(self.svg(top))
+        return p
+
+    def svg(self, top: int = 20) -> str:
+        """An SVG bar chart (no plotting dependency; inline it in HTML): output SQNR with only that layer int8."""
         rows = self.rows[:top]
         finite = [r.only_sqnr_db for r in rows if math.isfinite(r.only_sqnr_db)] or [1.0]
         hi = max(finite)
         h = 22 * len(rows) + 40
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{h}" font-family="monospace" '
-                 f'font-size="11"><text x="4" y="14">output SQNR (dB) with only this layer int8 - lower is more '
-                 f'sensitive</text>']
+        parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{h}" font-family="monospace" '
+                  f'font-size="11"><text x="4" y="14">output SQNR (dB) with only this layer int8 - lower is more '
+                  f'sensitive</text>')]
         for i, r in enumerate(rows):
             y = 24 + 22 * i
             v = r.only_sqnr_db if math.isfinite(r.only_sqnr_db) else hi
@@ -276,9 +333,7 @@ class SensitivityResult:
                          f'<rect x="300" y="{y}" width="{w:.1f}" height="16" fill="#c0504d"/>'
                          f'<text x="{304 + w:.1f}" y="{y + 13}">{v:.1f}</text>')
         parts.append("</svg>")
-        p = Path(path)
-        p.write_text("".join(parts))
-        return p
+        return "".join(parts)
 
 
 def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Feed], eval_feeds: Sequence[Feed],
@@ -292,20 +347,22 @@ def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Fe
     """
     q = quantizer or Quantizer(model, scheme, calib_feeds, options)
     ev = evaluator or Evaluator(model, eval_feeds, metric)
-    all_layers = quantizable_layers(model)
+    all_layers = candidates(model)
     todo = list(layers) if layers is not None else all_layers
     unknown = [name for name in todo if name not in all_layers]
     if unknown:
-        raise EdgecError(f"not quantizable layers: {', '.join(unknown[:5])}", hint="Conv/Gemm/MatMul node names")
+        raise EdgecError(f"not quantizable layers: {', '.join(unknown[:5])}",
+                         hint="Conv/Gemm/MatMul or Add/Concat/pooling node names")
     ops = {n.name: n for n in model.graph.all_nodes()}
     full, _ = q(())
     base = ev.score(full)
     rows = []
+    units = {n: exclusion_unit(model, n) for n in all_layers}
     for i, name in enumerate(todo):
-        only, _ = q([n for n in all_layers if n != name])
-        but, _ = q([name])
+        only, _ = q([x for n in all_layers if n != name for x in units[n] if x not in units[name]])
+        but, _ = q(units[name])
         s_only, s_but = ev.score(only), ev.score(but)
-        w = const_array(ops[name].inputs[1])
+        w = const_array(ops[name].inputs[1]) if len(ops[name].inputs) > 1 else None
         rows.append(LayerSensitivity(name, ops[name].op_type, int(w.size) if w is not None else 0,
                                      s_only.sqnr_db, s_only.metric, s_but.sqnr_db, s_but.metric,
                                      s_but.metric - base.metric))
@@ -321,7 +378,7 @@ def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Fe
 class Step:
     """One measured configuration of the greedy search."""
 
-    float_layers: list[str]
+    float_layers: list[str]  # the weighted layers kept float, in the order they were added
     metric: float
     drop: float
     sqnr_db: float
@@ -330,6 +387,7 @@ class Step:
     size_bytes: int
     meets: bool
     pareto: bool = False
+    exclude: list[str] = dataclasses.field(default_factory=list)  # node names given to quantize (+ activations)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _finite(v) for k, v in dataclasses.asdict(self).items()}
@@ -341,7 +399,7 @@ class SearchResult:
     table: list[Step]
     met: bool
     message: str
-    exclude: list[str]  # the layers kept float in best_model: pass as options["exclude"] to compile
+    exclude: list[str]  # node names kept float in best_model: pass as options["exclude"] to edgec.compile
     metric: str = "sqnr"
     fallback_precision: str = "fp32"  # what the backend runs the kept-float layers in
     quantizer: str = "simulated"
@@ -354,12 +412,14 @@ class SearchResult:
                 "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None}
 
     def pareto_table(self) -> str:
-        lines = [f"{'float layers':>12} {self.metric:>10} {'drop':>8} {'SQNR dB':>8} {'latency ms':>10} "
-                 f"{'size KB':>9}  budget  pareto"]
+        lines = [(f"{'float layers':>12} {self.metric:>10} {'drop':>8} {'SQNR dB':>8} {'latency ms':>10} "
+                  f"{'size KB':>9}  budget  pareto  last layer added")]
         for s in self.table:
-            lines.append(f"{len(s.float_layers):>12} {s.metric:>10.3f} {s.drop:>8.3f} {s.sqnr_db:>8.2f} "
+            last = s.float_layers[-1] if s.float_layers else "-"
+            drop = f"{s.drop:>8.3f}" if math.isfinite(s.drop) else f"{'-':>8}"
+            lines.append(f"{len(s.float_layers):>12} {s.metric:>10.3f} {drop} {s.sqnr_db:>8.2f} "
                          f"{s.latency_ms:>10.3f} {s.size_bytes / 1024:>9.1f}  {'met' if s.meets else '-':<6}  "
-                         f"{'*' if s.pareto else ''}")
+                         f"{'*' if s.pareto else ' ':<6}  {last}")
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
@@ -381,7 +441,8 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
            metric: str | MetricFn | None = None, max_steps: int | None = None, equalize: bool = False,
            bias_correct: bool = False, options: Mapping[str, Any] | None = None,
            out_dir: str | Path | None = None, sensitivity: SensitivityResult | None = None,
-           latency_runs: int = 20, progress: Callable[[str], Any] | None = None) -> SearchResult:
+           quantizer: Quantizer | None = None, latency_runs: int = 20,
+           progress: Callable[[str], Any] | None = None) -> SearchResult:
     """Greedy budgeted mixed precision; see the module docstring. Never returns without a model.
 
     ``model``: the input model (path or IR); the target's float pipeline (everything before ``quantize``)
@@ -389,6 +450,8 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     outputs are logits, else sqnr); ``min_sqnr``: output SQNR floor in dB. ``equalize`` runs
     ``equalize:clip=split`` before quantizing; ``bias_correct`` corrects biases after. With ``out_dir`` the
     best model so far and the table are rewritten after every step, so even an interrupted run leaves them.
+    ``quantizer`` (from an earlier ``analyze``/``search`` on the same float model and scheme) reuses its
+    calibration and quantized configurations; ``model`` is then ignored in favour of its float model.
     """
     if max_drop is None and min_sqnr is None:
         raise EdgecError("mixed precision needs a budget", hint="--max-drop POINTS or --min-sqnr DB")
@@ -396,7 +459,12 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     if tgt.precision != "int8":
         raise EdgecError(f"target '{tgt.name}' is not an int8 target: nothing to keep in float",
                          hint="use cpu-int8, jetson-int8 or tflite-int8")
-    float_model = prepare_float(model, tgt, list(calib_feeds)[:4], equalize=equalize)
+    if quantizer is not None:
+        if quantizer.scheme != dict(tgt.scheme):
+            raise EdgecError(f"the quantizer given was built for another scheme than target '{tgt.name}'")
+        float_model = quantizer.float_model()
+    else:
+        float_model = prepare_float(model, tgt, list(calib_feeds)[:4], equalize=equalize)
     if metric is None:
         metric = "sqnr"
         if max_drop is not None:
@@ -405,31 +473,40 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     if max_drop is not None and metric == "sqnr":
         raise EdgecError("--max-drop with the sqnr metric has no fp32 reference value to drop from",
                          hint="use --min-sqnr DB, or --metric top1 / module:function")
-    q = Quantizer(float_model, tgt.scheme, calib_feeds, options)
+    if bias_correct:
+        # The quantize pass has its own (analytic, per-channel-mean) bias correction: one correction, not two.
+        options = {**dict(options or {}), "bias_correction": False}
+    q = quantizer or Quantizer(float_model, tgt.scheme, calib_feeds, options)
     ev = Evaluator(float_model, eval_feeds, metric)
     fallback = "fp16" if tgt.backend in ("tensorrt", "tflite") else "fp32"
 
     def meets(s: Score) -> bool:
         return (max_drop is None or s.drop <= max_drop + 1e-9) and (min_sqnr is None or s.sqnr_db >= min_sqnr)
 
+    check_feeds = list(calib_feeds)[:8]
+    check = (check_feeds, runtime.run(runtime.session(float_model, optimization="basic"), check_feeds))
+
     def build(exclude: list[str]) -> ir.Model:
         m, _ = q(exclude)
         if bias_correct:
             from edgec.passes.bias_correct import correct_biases
 
-            correct_biases(m, float_model, list(calib_feeds)[:64])
+            # Guarded on calibration samples (never the evaluation data the budget is judged on).
+            correct_biases(m, float_model, list(calib_feeds)[:64], int32_bias=tgt.scheme.get("bias", "int32") == "int32",
+                           check=check)
         return m
 
     steps: list[Step] = []
     best: tuple[ir.Model, Step] | None = None
 
-    def measure(exclude: list[str]) -> Step:
+    def measure(layers: list[str], exclude: list[str]) -> Step:
         nonlocal best
         m = build(exclude)
         s = ev.score(m)
         sess = runtime.session(m, threads=2)
         lat = runtime.time_session(sess, ev.feeds[0], runs=latency_runs, warmup=3)["median_ms"]
-        step = Step(list(exclude), s.metric, s.drop, s.sqnr_db, s.top1, lat, metrics.summarize(m).bytes, meets(s))
+        step = Step(list(layers), s.metric, s.drop, s.sqnr_db, s.top1, lat, metrics.summarize(m).bytes, meets(s),
+                    exclude=list(exclude))
         steps.append(step)
         # Best: the first configuration meeting the budget (fewest float layers); until one does, the
         # best metric seen.
@@ -438,19 +515,23 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
         if out_dir is not None:
             _result(best, steps, False, "search in progress", ev, fallback, q, sensitivity).save(out_dir)
         if progress:
-            progress(f"{len(exclude)} float layers: {ev.metric_name} {s.metric:.3f}, SQNR {s.sqnr_db:.2f} dB")
+            progress(f"{len(layers)} float layers: {ev.metric_name} {s.metric:.3f}, SQNR {s.sqnr_db:.2f} dB")
         return step
 
-    step = measure([])
+    step = measure([], [])
     if not step.meets:
         sens = sensitivity or analyze(float_model, tgt.scheme, calib_feeds, eval_feeds, metric=metric,
                                       quantizer=q, evaluator=ev)
         sensitivity = sens
         order = sens.ranking[: max_steps] if max_steps else sens.ranking
+        layers: list[str] = []
         exclude: list[str] = []
         for name in order:
-            exclude = [*exclude, name]
-            if measure(exclude).meets:
+            # Cumulative, even when a step loses: excluding a layer moves Q/DQ onto its neighbours' tensors,
+            # so a pair (an outlier's producer and consumer) can help only together. The best step wins.
+            layers = [*layers, name]
+            exclude = [*exclude, *(x for x in exclusion_unit(float_model, name) if x not in exclude)]
+            if measure(layers, exclude).meets:
                 break
     assert best is not None
     met = best[1].meets
@@ -459,9 +540,14 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
         msg = (f"budget met with {len(b.float_layers)} layer(s) kept {fallback}: {ev.metric_name} {b.metric:.3f} "
                f"(drop {b.drop:.3f}), SQNR {b.sqnr_db:.2f} dB")
     else:
-        msg = (f"budget NOT met after {len(steps)} steps ({_budget(max_drop, min_sqnr)}): best found keeps "
-               f"{len(b.float_layers)} layer(s) {fallback}, {ev.metric_name} {b.metric:.3f} (drop {b.drop:.3f}), "
-               f"SQNR {b.sqnr_db:.2f} dB; the fp32 model itself is the only sure way to meet it")
+        n_all = len(candidates(float_model))
+        tried = len(steps) - 1
+        why = (f"even with all {n_all} candidate layers kept float, the tensors still quantized (the target's "
+               f"placement quantizes pass-through and activation ops too) keep it out of reach" if tried >= n_all
+               else f"the search stopped after trying {tried} of {n_all} candidate layers (max_steps)")
+        msg = (f"budget NOT met ({_budget(max_drop, min_sqnr)}): {why}. Best found, written anyway: "
+               f"{len(b.float_layers)} layer(s) kept {fallback}, {ev.metric_name} {b.metric:.3f} "
+               f"(drop {b.drop:.3f}), SQNR {b.sqnr_db:.2f} dB; see the Pareto table")
     result = _result(best, steps, met, msg, ev, fallback, q, sensitivity)
     if out_dir is not None:
         result.save(out_dir)
@@ -471,7 +557,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
 def _result(best: tuple[ir.Model, Step], steps: list[Step], met: bool, msg: str, ev: Evaluator, fallback: str,
             q: Quantizer, sens: SensitivityResult | None) -> SearchResult:
     _mark_pareto(steps)
-    return SearchResult(best[0], list(steps), met, msg, list(best[1].float_layers), ev.metric_name, fallback,
+    return SearchResult(best[0], list(steps), met, msg, list(best[1].exclude), ev.metric_name, fallback,
                         q.kind, sens)
 
 
@@ -511,3 +597,72 @@ def _finite(v: Any) -> Any:
 
 def _xml(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ------------------------------------------------------------------------------------------ CLI entry
+def split_feeds(model: ir.Model, calib: str | Path, eval_spec: str | Path | None = None, *,
+                limit: int | None = None, preprocess: Any = None,
+                eval_fraction: float = 0.25) -> tuple[list[Feed], list[Feed], list[str]]:
+    """Calibration and held-aside evaluation feeds: ``eval_spec`` when given, else the last
+    ``eval_fraction`` of ``calib`` (never used for calibration). Returns (calib, eval, warnings)."""
+    from edgec import data
+
+    warnings = []
+    src = data.load_feeds(calib, model, limit=limit, preprocess=preprocess)
+    assert src is not None
+    if src.synthetic:
+        warnings.append(data.RANDOM_WARNING)
+    feeds = list(src)
+    if eval_spec is not None:
+        ev_src = data.load_feeds(eval_spec, model, limit=limit, preprocess=preprocess)
+        assert ev_src is not None
+        return feeds, list(ev_src), warnings
+    if len(feeds) < 4:
+        raise EdgecError(f"--calib gives {len(feeds)} samples: too few to hold some aside for evaluation",
+                         hint="give more samples or a separate --eval set")
+    n_eval = max(1, round(len(feeds) * eval_fraction))
+    return feeds[:-n_eval], feeds[-n_eval:], warnings
+
+
+def run_sensitivity(model: str | Path, target: str = "cpu-int8", calib: str | Path = "random", *,
+                    eval_spec: str | Path | None = None, metric: str = "sqnr", out_dir: str | Path | None = None,
+                    limit: int | None = None, preprocess: Any = None, target_file: str | Path | None = None,
+                    progress: Callable[[int, int], Any] | None = None) -> SensitivityResult:
+    """``edgec sensitivity MODEL --target T --calib C [--eval E] [--metric sqnr|top1|mod:fn] [-o DIR]``.
+
+    With ``out_dir``: sensitivity.json, sensitivity.txt (table) and sensitivity.svg (bar plot)."""
+    tgt = targets.get(target, target_file)
+    if tgt.precision != "int8":
+        raise EdgecError(f"target '{tgt.name}' is not an int8 target", hint="cpu-int8, jetson-int8 or tflite-int8")
+    loaded = model_io.load(model)
+    cal, ev, warns = split_feeds(loaded, calib, eval_spec, limit=limit, preprocess=preprocess)
+    fm = prepare_float(loaded, tgt, cal[:4])
+    res = analyze(fm, tgt.scheme, cal, ev, metric=metric, progress=progress)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        body = {**res.to_dict(), "target": tgt.name, "eval_samples": len(ev), "calib_samples": len(cal),
+                "warnings": warns}
+        with model_io.atomic_path(out / "sensitivity.json") as tmp:
+            tmp.write_text(json.dumps(body, indent=2))
+        with model_io.atomic_path(out / "sensitivity.txt") as tmp:
+            tmp.write_text(res.table() + "\n")
+        res.bar_plot(out / "sensitivity.svg")
+    return res
+
+
+def run_search(model: str | Path, target: str = "cpu-int8", calib: str | Path = "random", *,
+               max_drop: float | None = None, min_sqnr: float | None = None, metric: str | None = None,
+               eval_spec: str | Path | None = None, out_dir: str | Path | None = None, equalize: bool = False,
+               bias_correct: bool = False, limit: int | None = None, preprocess: Any = None,
+               target_file: str | Path | None = None, progress: Callable[[str], Any] | None = None) -> SearchResult:
+    """``edgec compile MODEL --target T --calib C --max-drop P | --min-sqnr DB [-o DIR]``: the search, then
+    the best model + pareto.json/pareto.txt in ``out_dir`` (written even when the budget is not met).
+
+    The caller then compiles for the target's backend with ``options={"exclude": result.exclude}`` (the
+    quantize pass keeps those nodes float), so TensorRT/TFLite artifacts match the searched model."""
+    tgt = targets.get(target, target_file)
+    loaded = model_io.load(model)
+    cal, ev, _ = split_feeds(loaded, calib, eval_spec, limit=limit, preprocess=preprocess)
+    return search(loaded, tgt, cal, ev, max_drop=max_drop, min_sqnr=min_sqnr, metric=metric, out_dir=out_dir,
+                  equalize=equalize, bias_correct=bias_correct, progress=progress)

@@ -11,7 +11,8 @@ layer input x is the (fake-quantized) tensor the layer really reads. E[conv(x, W
 exactly - padding, strides and groups included - by adding a side Conv with weight Wq - W and a
 ReduceMean over batch and space as extra graph outputs, one ONNX Runtime pass over the data for all
 layers. An int32 bias (DequantizeLinear(int32, s_x * s_w)) is re-quantized with its own scale; a float
-bias is replaced; a layer without a bias gets one (int32 when its input and weight scales are known).
+bias is replaced; a layer without a bias gets one (int32 when the scheme wants int32 biases and its input
+and weight scales are known, else float). MatMul layers have no bias input and are left alone.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx
 import onnx_ir as ir
+
 from edgec import model_io, runtime
 from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, attr, const_array, nodes_of, set_input_const
 from edgec.pass_infra import Feed, Pass, PassContext, register
 
-FLOAT_MODEL_KEY = "float_model"
+FLOAT_MODEL_KEY = "float_model"  # serialized bytes or an ir.Model of the graph before quantize
+FLOAT_WEIGHTS_KEY = "float_weights"  # or just {node name: float weight array} of the weighted nodes
 
 
 @register("bias-correct", exact=False)
@@ -36,16 +39,37 @@ class BiasCorrect(Pass):
 
     #: at most this many calibration feeds (the mean converges fast; each feed is one extra ORT run)
     limit: int = 64
+    #: keep the correction only if it raises the output SQNR on the sample inputs (it can lower it when
+    #: activation rounding shifts the mean the other way): measured, never assumed
+    guard: bool = True
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
+        weights = ctx.cache.get(FLOAT_WEIGHTS_KEY)
         ref = ctx.cache.get(FLOAT_MODEL_KEY)
-        if ref is None:
+        if weights is None and ref is None:
             raise EdgecError("bias-correct needs the float model from before quantization",
-                             hint="run it right after the quantize pass (which keeps it in ctx.cache['float_model'])")
-        float_model = ref if isinstance(ref, ir.Model) else model_io.from_proto(onnx.ModelProto.FromString(ref))
+                             hint="run it right after the quantize pass (which keeps the float weights in "
+                                  "ctx.cache['float_weights'])")
+        float_model = None
+        if ref is not None:
+            float_model = ref if isinstance(ref, ir.Model) else model_io.from_proto(onnx.ModelProto.FromString(ref))
+        if weights is None:
+            weights = _float_weights(float_model)  # type: ignore[arg-type]
         feeds = _head(ctx.calibration_feeds(), self.limit)
-        rows = correct_biases(model, float_model, feeds)
+        check = None
+        if self.guard and ctx.samples:
+            reference = ctx.cache.get("reference_outputs")
+            if reference is None and float_model is not None:
+                reference = runtime.run(runtime.session(float_model, optimization="basic"), ctx.samples)
+            if reference is not None:
+                check = (list(ctx.samples), list(reference))
+            else:
+                ctx.warn("bias-correct: no fp32 reference outputs, the correction is applied unchecked")
+        summary: dict = {}
+        rows = correct_biases(model, weights, feeds, int32_bias=ctx.scheme.get("bias", "int32") == "int32",
+                              check=check, summary=summary)
         ctx.details["layers"] = rows
+        ctx.details.update(summary)
         return any(r.get("corrected") for r in rows)
 
 
@@ -56,10 +80,16 @@ class _Layer:
     w_quant: np.ndarray
 
 
-def correct_biases(model: ir.Model, float_model: ir.Model, feeds: Sequence[Feed]) -> list[dict]:
+def correct_biases(model: ir.Model, float_model: ir.Model | dict[str, np.ndarray], feeds: Sequence[Feed], *,
+                   int32_bias: bool = True, check: tuple[list[Feed], list[Feed]] | None = None,
+                   summary: dict | None = None) -> list[dict]:
     """Correct the biases of every Conv/Gemm of ``model`` whose weight comes from a DequantizeLinear,
-    in place. Returns one row per layer: name, mean |shift| corrected, how the bias is stored."""
-    float_weights = _float_weights(float_model)
+    in place. ``float_model``: the model before quantization, or {node name: float weight}.
+    ``int32_bias``: a layer without a bias gets an int32 one (False: float, as TensorRT needs).
+    ``check`` = (sample feeds, their fp32 outputs): the correction is tried on a copy first and kept only
+    if the output SQNR on those samples does not fall; ``summary`` receives the two SQNRs and the verdict.
+    Returns one row per layer: name, mean |shift| corrected, how the bias is stored."""
+    float_weights = float_model if isinstance(float_model, dict) else _float_weights(float_model)
     layers: list[_Layer] = []
     rows: list[dict] = []
     for node in nodes_of(model.graph, "Conv", "Gemm"):
@@ -67,6 +97,7 @@ def correct_biases(model: ir.Model, float_model: ir.Model, feeds: Sequence[Feed]
         if wq is None:
             continue
         wf = float_weights.get(node.name or "")
+        wf = None if wf is None else np.asarray(wf, np.float64)
         if wf is None or wf.shape != wq.shape:
             rows.append({"node": node.name, "corrected": False, "reason": "no float weight of that name and shape"})
             continue
@@ -77,12 +108,35 @@ def correct_biases(model: ir.Model, float_model: ir.Model, feeds: Sequence[Feed]
     if not layers:
         return rows
     shifts = _measure_shifts(model, layers, feeds)
+    if check is not None:
+        samples, reference = check
+        trial = model_io.clone(model)
+        position = {id(n): i for i, n in enumerate(model.graph)}
+        trial_nodes = list(trial.graph)
+        trial_names = NameSource(trial.graph)
+        for layer, shift in zip(layers, shifts):
+            _subtract_from_bias(trial.graph, trial_nodes[position[id(layer.node)]], shift, trial_names, int32_bias)
+        before = _sqnr(model, samples, reference)
+        after = _sqnr(trial, samples, reference)
+        verdict = after >= before
+        if summary is not None:
+            summary.update({"sqnr_before_db": before, "sqnr_after_db": after, "kept": verdict})
+        if not verdict:
+            return rows + [{"node": layer.node.name, "corrected": False,
+                            "reason": f"reverted: output SQNR on the samples would fall {before:.2f} -> {after:.2f} dB"}
+                           for layer in layers]
     names = NameSource(model.graph)
     for layer, shift in zip(layers, shifts):
-        how = _subtract_from_bias(model.graph, layer.node, shift, names)
+        how = _subtract_from_bias(model.graph, layer.node, shift, names, int32_bias)
         rows.append({"node": layer.node.name, "corrected": True, "bias": how,
                      "mean_abs_shift": float(np.mean(np.abs(shift))), "max_abs_shift": float(np.max(np.abs(shift)))})
     return rows
+
+
+def _sqnr(model: ir.Model, samples: list[Feed], reference: list[Feed]) -> float:
+    from edgec import metrics
+
+    return float(metrics.drift(reference, runtime.run(runtime.session(model, optimization="basic"), samples)).sqnr_db)
 
 
 def _head(feeds: Iterable[Feed], n: int) -> list[Feed]:
@@ -169,7 +223,8 @@ def _measure_shifts(model: ir.Model, layers: list[_Layer], feeds: Sequence[Feed]
     return [s / len(feeds) for s in sums]  # type: ignore[operator]
 
 
-def _subtract_from_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, names: NameSource) -> str:
+def _subtract_from_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, names: NameSource,
+                        int32_bias: bool = True) -> str:
     gemm = node.op_type == "Gemm"
     beta = float(attr(node, "beta", 1.0)) if gemm else 1.0
     bias_v = node.inputs[2] if len(node.inputs) > 2 else None
@@ -204,7 +259,7 @@ def _subtract_from_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, names
     if gemm:
         node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
         b_new = -shift
-    if s_x is not None and s_w is not None and s_x.size == 1 and not gemm:
+    if int32_bias and s_x is not None and s_w is not None and s_x.size == 1 and not gemm:
         scale = (float(s_x.reshape(())) * s_w.astype(np.float64).reshape(-1)) * np.ones(shift.size)
         q = np.clip(np.round(b_new / scale), -(2**31), 2**31 - 1).astype(np.int32)
         qv = add_initializer(graph, q, f"{node.name}_bias_q", names)

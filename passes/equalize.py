@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
+
 from edgec.graph import (
     NameSource,
     add_initializer,
@@ -102,7 +103,7 @@ class Equalize(Pass):
         names = NameSource(model.graph)
         for p, total in zip(pairs, totals):
             if p.clip is not None:
-                _rewrite_clip(model.graph, p.clip, total, self.clip, names)
+                _rewrite_clip(model.graph, p.clip, total, self.clip, names, weights[id(p.a)].ndim)
         rows = []
         for p, (b0, _), total in zip(pairs, before, totals):
             b1, _ = _balance(weights[id(p.a)], weights[id(p.b)], p.b)
@@ -144,12 +145,15 @@ def find_pairs(graph: ir.Graph, clip_mode: str = "skip") -> tuple[list[Pair], li
                 b_after = only_consumer(nxt.outputs[0])
                 if b_after is None or b_after.op_type != "Conv":
                     continue
-                if clip_mode == "skip" or bounds is None or (clip_mode == "relu" and bounds[0] != 0.0):
+                if bounds is not None and bounds[0] in (0.0, -np.inf) and bounds[1] == np.inf:
+                    pass  # Clip(0, inf) is a Relu (and Clip(-inf, inf) the identity): scale-equivariant as is
+                elif clip_mode == "skip" or bounds is None or (clip_mode == "relu" and bounds[0] != 0.0):
                     skipped.append({"a": a.name or "", "b": b_after.name or "",
                                     "reason": "Clip (ReLU6) is not scale-equivariant; use equalize:clip=split"
                                     if bounds is not None else "Clip bounds are not constant"})
                     continue
-                clip = nxt
+                else:
+                    clip = nxt
             elif nxt.op_type == "PRelu" and const_array(nxt.inputs[1]) is None:
                 continue
             via = nxt.op_type
@@ -217,7 +221,8 @@ def _utilization(w: np.ndarray) -> float:
     return float(r.mean() / r.max()) if r.max() > 0 else 1.0
 
 
-def _rewrite_clip(graph: ir.Graph, clip: ir.Node, total: np.ndarray, mode: str, names: NameSource) -> None:
+def _rewrite_clip(graph: ir.Graph, clip: ir.Node, total: np.ndarray, mode: str, names: NameSource,
+                  weight_rank: int) -> None:
     lo, hi = _clip_bounds(clip)  # type: ignore[misc]
     src = clip.inputs[0]
     out = clip.outputs[0]
@@ -226,7 +231,8 @@ def _rewrite_clip(graph: ir.Graph, clip: ir.Node, total: np.ndarray, mode: str, 
         new: list[ir.Node] = [ir.node("Relu", [src], name=names(f"{clip.name or 'clip'}_relu"))]
     else:
         # After A's channel i was divided by S_i, the activation it feeds is clip(y/S_i, lo/S_i, hi/S_i).
-        shape = (-1, 1, 1) if len(out.shape or ()) in (0, 4) else (-1,) + (1,) * max(0, len(out.shape) - 2)
+        # Per-channel bounds broadcast over the spatial dims: [C, 1, ...] with one 1 per kernel dim of A.
+        shape = (-1,) + (1,) * (weight_rank - 2)
         new = []
         cur = src
         if lo == 0.0:

@@ -120,7 +120,7 @@ def tflite_padding(sizes: Sequence[int], kernel: Sequence[int], strides: Sequenc
     if all(p == (0, 0) for p in pads):
         return "VALID"
     for s, k, st, d, (lo, hi) in zip(sizes, kernel, strides, dilations, pads):
-        s_lo, s_hi, s_out = same_pads(s, k, st, d)
+        s_lo, _s_hi, s_out = same_pads(s, k, st, d)
         if lo != s_lo or conv_out(s, k, st, d, lo, hi) != s_out:
             return None
     return "SAME"

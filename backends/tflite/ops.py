@@ -1,513 +1,37 @@
-"""ONNX nodes -> TFLite operators, in NHWC, for fp32, fp16 (fp16 weights + DEQUANTIZE) and full-int8.
+"""Per-op handlers: one function per ONNX op family, each emitting the TFLite operators for one node.
 
-The converter walks the (topologically sorted) ONNX graph once. Each ONNX value gets a ``Slot``: the
-TFLite tensor that holds it and the layout it is stored in (see layout.py). Consumers ask for a value
-in the layout and number type they need; a TRANSPOSE, DEQUANTIZE or requantizing QUANTIZE is emitted
-only when that differs from what exists, and at most once per (value, layout, type).
-
-int8 works on a QDQ graph, whoever inserted the QuantizeLinear/DequantizeLinear pairs:
-  * a DequantizeLinear of a constant is a quantized weight, read by the op that consumes it;
-  * a DequantizeLinear of an activation is an alias of its int8 input (no op);
-  * an op runs in int8 when all its activation inputs are int8 and every reader of its output is a
-    QuantizeLinear with one (scale, zero point): its output tensor carries that quantization and those
-    QuantizeLinear nodes become aliases. Otherwise it runs in float between DEQUANTIZE/QUANTIZE ops,
-    like the TFLite converter's fallback for ops without an int8 kernel.
-uint8 QDQ (e.g. ONNX Runtime's default activations) is read as int8 with zero point - 128: the real
-values are the same.
+A handler reads its node's attributes, asks the Converter (converter.py) for its inputs in the layout
+and number type it needs, and writes its output with ``Converter.emit``. Rewrites chosen for speed or
+for an int8 kernel are explained where they happen (explicit PAD before SAME-incompatible convs,
+Flatten -> FULLY_CONNECTED with permuted weights, HardSigmoid as MUL/ADD+RELU6/MUL, x / c as x * 1/c).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-from onnx.reference import ReferenceEvaluator
 
 from edgec.errors import EdgecError
-from edgec.graph import attr, consumers, const_array, only_consumer, opset_version, static_shape
+from edgec.graph import attr, consumers, only_consumer
 
 from . import layout as L
-from .writer import ActFn, BuiltinOp, Builder, Padding, Quant, options
-
-F32 = np.dtype(np.float32)
-I8 = np.dtype(np.int8)
-
-# Fixed output quantization of TFLite's int8 kernels for bounded functions (the kernels use lookup
-# tables built for exactly these); a different QDQ scale gets a requantizing QUANTIZE after the op.
-_Q_SIGMOID = Quant((1.0 / 256,), (-128,))
-_Q_TANH = Quant((1.0 / 128,), (0,))
-
-
-@dataclasses.dataclass
-class Slot:
-    """Where an ONNX value lives: tensor index, layout, ONNX shape; ``flat`` for a flattened NHWC map
-    (TFLite position j holds ONNX feature flat[j]) that only a FULLY_CONNECTED may read."""
-
-    index: int
-    perm: L.Perm
-    shape: tuple[int, ...]
-    flat: np.ndarray | None = None
+from .converter import (
+    F32,
+    I8,
+    Q_SIGMOID,
+    Q_TANH,
+    Converter,
+    Slot,
+    activation_kind,
+    clip_bounds,
+    ints,
+    too_coarse,
+)
+from .writer import ActFn, BuiltinOp, Padding, Quant, options
 
 
-class Converter:
-    def __init__(self, model: ir.Model, precision: str = "fp32", io: str = "float",
-                 keep_nchw_io: bool = False) -> None:
-        if precision not in ("fp32", "fp16", "int8"):
-            raise EdgecError(f"TFLite backend: unknown precision {precision!r}", hint="use fp32, fp16 or int8")
-        if io not in ("float", "int8"):
-            raise EdgecError(f"TFLite backend: --io must be int8 or float, got {io!r}")
-        self.model = model
-        self.graph = model.graph
-        self.opset = opset_version(model)
-        self.precision = precision
-        self.int8 = precision == "int8"
-        self.io = io
-        self.keep_nchw_io = keep_nchw_io
-        self.b = Builder(description=f"edgec tflite {precision}")
-        self.slots: dict[ir.Value, Slot] = {}
-        self.done: set[int] = set()
-        self._folded: dict[ir.Value, np.ndarray] = {}
-        self._const_cache: dict[ir.Value, np.ndarray | None] = {}
-        self._variants: dict[tuple, int] = {}
-        self._f16: dict[int, int] = {}
-
-    # ================================================================================================
-    def convert(self) -> Builder:
-        for v in self.graph.inputs:
-            if v.const_value is None or v.is_graph_input():
-                self._graph_input(v)
-        for node in self.graph:
-            if id(node) in self.done:
-                continue
-            self._node(node)
-        for v in self.graph.outputs:
-            self.b.outputs.append(self._graph_output(v))
-        return self.b
-
-    def _node(self, node: ir.Node) -> None:
-        op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            raise EdgecError(f"node '{node.name}': op '{node.domain}::{op}' has no TFLite mapping",
-                             hint="only standard ONNX ops are converted")
-        if op in ("QuantizeLinear", "DequantizeLinear") and self._quantize_node(node):
-            return
-        if self._fold(node):
-            return
-        handler = _HANDLERS.get(op)
-        if handler is None:
-            raise EdgecError(f"node '{node.name}': op '{op}' has no TFLite mapping",
-                             hint="supported ops: " + ", ".join(sorted(_HANDLERS)))
-        handler(self, node)
-
-    # -- values ---------------------------------------------------------------------------------------
-    def shape(self, v: ir.Value) -> tuple[int, ...]:
-        s = static_shape(v)
-        if s is None:
-            c = self.const(v)
-            if c is not None:
-                return tuple(c.shape)
-            raise EdgecError(f"value '{v.name}' has no static shape",
-                             hint="TFLite needs static shapes: fix the input shape (samples set it) and run "
-                                  "shape inference")
-        return s
-
-    def const(self, v: ir.Value | None) -> np.ndarray | None:
-        """Float (or integer) array of a constant value; a DequantizeLinear of a constant is dequantized."""
-        if v is None:
-            return None
-        if v in self._const_cache:
-            return self._const_cache[v]
-        arr = self._folded.get(v)
-        if arr is None:
-            arr = const_array(v)
-        if arr is None:
-            qc = self.qconst(v)
-            if qc is not None:
-                q, quant = qc
-                shape = [1] * q.ndim
-                if quant.per_channel:
-                    shape[quant.axis] = -1
-                s = np.asarray(quant.scale, dtype=np.float32).reshape(shape)
-                z = np.asarray(quant.zero_point, dtype=np.float32).reshape(shape)
-                arr = ((q.astype(np.float32) - z) * s).astype(np.float32)
-        self._const_cache[v] = arr
-        return arr
-
-    def qconst(self, v: ir.Value) -> tuple[np.ndarray, Quant] | None:
-        """(integer array, quantization) when ``v`` is DequantizeLinear(constant)."""
-        p = v.producer()
-        if p is None or p.op_type != "DequantizeLinear":
-            return None
-        data = const_array(p.inputs[0]) if p.inputs[0] is not None else None
-        if data is None:
-            data = self._folded.get(p.inputs[0])
-        if data is None:
-            return None
-        scale = const_array(p.inputs[1])
-        zp = const_array(p.inputs[2]) if len(p.inputs) > 2 and p.inputs[2] is not None else np.zeros((), data.dtype)
-        axis = attr(p, "axis", 1)
-        axis = axis % data.ndim if data.ndim else 0
-        if data.dtype == np.uint8:
-            data, zp = (data.astype(np.int16) - 128).astype(np.int8), np.asarray(zp, np.int32) - 128
-        return data, Quant.of(scale, zp, axis)
-
-    def is_act(self, v: ir.Value) -> bool:
-        return self.const(v) is None
-
-    def slot(self, v: ir.Value) -> Slot:
-        if v not in self.slots:
-            raise EdgecError(f"value '{v.name}' is used before it is produced",
-                             hint="the graph must be topologically sorted")
-        return self.slots[v]
-
-    def dtype_of(self, v: ir.Value) -> np.dtype:
-        return self.b.info[self.slot(v).index].dtype
-
-    def quant_of(self, v: ir.Value) -> Quant | None:
-        return self.b.info[self.slot(v).index].quant
-
-    # -- tensors in a wanted layout / number type -------------------------------------------------------
-    def act(self, v: ir.Value, perm: L.Perm | None = None, want: str | None = None) -> int:
-        """Tensor index of activation ``v`` in layout ``perm`` and type ``want`` ('float', 'int8', None)."""
-        s = self.slot(v)
-        if s.flat is not None and perm is not None:
-            raise EdgecError(f"value '{v.name}': a flattened NHWC map is read by a non-FullyConnected op")
-        perm = s.perm if perm is None else tuple(perm)
-        idx = s.index
-        if perm != s.perm:
-            key = ("T", s.index, perm)
-            if key not in self._variants:
-                self._variants[key] = self.transpose(s.index, L.between(s.perm, perm), v.name + "_t")
-            idx = self._variants[key]
-        if want == "float" and self.b.info[idx].dtype != F32:
-            key = ("DQ", idx)
-            if key not in self._variants:
-                out = self.b.tensor(self.b.info[idx].name + "_f", self.b.info[idx].shape, F32)
-                self.b.op(BuiltinOp.DEQUANTIZE, [idx], [out])
-                self._variants[key] = out
-            idx = self._variants[key]
-        if want == "int8" and self.b.info[idx].dtype != I8:
-            raise AssertionError(f"value {v.name} is not int8")
-        return idx
-
-    def transpose(self, idx: int, perm: L.Perm, name: str) -> int:
-        info = self.b.info[idx]
-        out = self.b.tensor(name, L.shape_in(perm, info.shape), info.dtype, info.quant)
-        self.b.op(BuiltinOp.TRANSPOSE, [idx, self.b.i32(name + "_perm", perm)], [out], options("TransposeOptionsT"))
-        return out
-
-    def reshape(self, idx: int, shape: Sequence[int], name: str) -> int:
-        info = self.b.info[idx]
-        out = self.b.tensor(name, tuple(shape), info.dtype, info.quant)
-        self.b.op(BuiltinOp.RESHAPE, [idx, self.b.i32(name + "_shape", shape)], [out],
-                  options("ReshapeOptionsT", newShape=np.asarray(shape, dtype=np.int32)))
-        return out
-
-    def requantize(self, idx: int, quant: Quant, name: str) -> int:
-        info = self.b.info[idx]
-        if info.quant is not None and info.quant.same(quant):
-            return idx
-        out = self.b.tensor(name, info.shape, I8, quant)
-        self.b.op(BuiltinOp.QUANTIZE, [idx], [out])
-        return out
-
-    def fconst(self, name: str, array: np.ndarray) -> int:
-        """A float constant; in fp16 it is stored as fp16 and widened by DEQUANTIZE, as the TFLite
-        converter's float16 quantization does (XNNPACK folds the pair into fp32 weights at load time)."""
-        array = np.asarray(array, dtype=np.float32)
-        if self.precision != "fp16":
-            return self.b.const(name, array)
-        half = self.b.const(name + "_fp16", array.astype(np.float16))
-        if half not in self._f16:
-            out = self.b.tensor(name, array.shape, F32)
-            self.b.op(BuiltinOp.DEQUANTIZE, [half], [out])
-            self._f16[half] = out
-        return self._f16[half]
-
-    def operand(self, v: ir.Value, perm: L.Perm, rank: int, q: Quant | None) -> int:
-        """An input of an elementwise op, broadcast-ready in layout ``perm`` (rank ``rank``)."""
-        c = self.const(v)
-        if c is None:
-            s = self.slot(v)
-            if len(s.shape) == rank:
-                return self.act(v, perm, "int8" if q else "float")
-            idx = self.act(v, L.identity(len(s.shape)), "int8" if q else "float")
-            full = (1,) * (rank - len(s.shape)) + s.shape
-            idx = self.reshape(idx, full, v.name + "_r")
-            return self.transpose(idx, perm, v.name + "_rt") if perm != L.identity(rank) else idx
-        c = np.transpose(c.reshape((1,) * (rank - c.ndim) + c.shape), perm)
-        name = v.name or "c"
-        if q is None:
-            return self.fconst(name, c)
-        qc = self.qconst(v)
-        if qc is not None and not qc[1].per_channel and qc[0].dtype == I8:
-            arr = np.transpose(qc[0].reshape(c.shape if qc[0].size == c.size else (1,) * rank), perm) \
-                if qc[0].ndim == rank else qc[0].reshape(c.shape)
-            return self.b.const(name, arr, Quant(qc[1].scale, qc[1].zero_point))
-        arr, quant = quantize_tensor(c)
-        return self.b.const(name, arr, quant)
-
-    # -- outputs --------------------------------------------------------------------------------------
-    def emit(self, code: int, ins: list[int], out_v: ir.Value, perm: L.Perm, q: Quant | None, opts=None,
-             required: Quant | None = None, shape: tuple[int, ...] | None = None) -> int:
-        """Append op ``code`` writing ONNX value ``out_v`` (layout ``perm``; int8 with ``q`` or float).
-
-        ``required``: the output quantization the int8 kernel insists on; when the QDQ graph chose
-        another, the op writes ``required`` and a QUANTIZE converts to ``q``.
-        """
-        shape = shape or self.shape(out_v)
-        tshape = L.shape_in(perm, shape)
-        final = self.b.tensor(out_v.name or "t", tshape, I8 if q else F32, q)
-        if q is not None and required is not None and not required.same(q):
-            mid = self.b.tensor((out_v.name or "t") + "_k", tshape, I8, required)
-            self.b.op(code, ins, [mid], opts)
-            self.b.op(BuiltinOp.QUANTIZE, [mid], [final])
-        else:
-            self.b.op(code, ins, [final], opts)
-        self.slots[out_v] = Slot(final, perm, shape)
-        return final
-
-    def out_quant(self, v: ir.Value) -> Quant | None:
-        """The int8 quantization every reader of ``v`` applies (all readers are QuantizeLinear), else None."""
-        if not self.int8 or v.is_graph_output():
-            return None
-        users = consumers(v)
-        if not users:
-            return None
-        found: Quant | None = None
-        for u in users:
-            if u.op_type != "QuantizeLinear" or u.inputs[0] is not v:
-                return None
-            q = self.q_params(u)
-            if q is None or (found is not None and not found.same(q)):
-                return None
-            found = q
-        return found
-
-    def q_params(self, qnode: ir.Node) -> Quant | None:
-        scale = self.const(qnode.inputs[1])
-        zp_v = qnode.inputs[2] if len(qnode.inputs) > 2 else None
-        zp = self.const(zp_v) if zp_v is not None else np.zeros((), np.uint8)
-        if scale is None or zp is None or scale.size != 1:
-            return None
-        if zp.dtype == np.uint8:
-            return Quant.of(scale, int(zp) - 128)
-        if zp.dtype != np.int8:
-            return None
-        return Quant.of(scale, zp)
-
-    def quant_mode(self, acts: Sequence[ir.Value], out_v: ir.Value) -> Quant | None:
-        """Output quantization when the op can run in int8, else None (run in float)."""
-        if not self.int8:
-            return None
-        if not all(self.dtype_of(v) == I8 for v in acts):
-            return None
-        return self.out_quant(out_v)
-
-    def fused_act(self, v: ir.Value) -> tuple[int, ir.Value, list[ir.Node]]:
-        """An activation reading only ``v`` that TFLite can fuse into the producing op:
-        (fused function, the value the fused op then writes, the nodes it absorbs). In a QDQ graph a
-        Q -> DQ pair between the op and the activation is looked through."""
-        node = only_consumer(v)
-        chain: list[ir.Node] = []
-        if node is not None and self.int8 and node.op_type == "QuantizeLinear":
-            dq = only_consumer(node.outputs[0])
-            nxt = only_consumer(dq.outputs[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if nxt is not None and activation_kind(self, nxt) is not None:
-                chain, node = [node, dq], nxt
-        kind = activation_kind(self, node) if node is not None else None
-        if node is None or kind is None:
-            return ActFn.NONE, v, []
-        return kind, node.outputs[0], [*chain, node]
-
-    def absorb(self, nodes: list[ir.Node]) -> None:
-        self.done.update(id(n) for n in nodes)
-
-    # -- graph boundary --------------------------------------------------------------------------------
-    def _graph_input(self, v: ir.Value) -> None:
-        shape = self.shape(v)
-        if v.dtype != ir.DataType.FLOAT:
-            raise EdgecError(f"graph input '{v.name}' is {v.dtype}; the TFLite backend takes float inputs")
-        perm = L.identity(len(shape)) if self.keep_nchw_io else L.preferred(len(shape))
-        q = self.out_quant(v) if self.io == "int8" else None
-        idx = self.b.tensor(v.name, L.shape_in(perm, shape), I8 if q else F32, q)
-        self.b.inputs.append(idx)
-        self.slots[v] = Slot(idx, perm, shape)
-
-    def _graph_output(self, v: ir.Value) -> int:
-        s = self.slot(v)
-        if s.flat is not None:
-            raise EdgecError(f"graph output '{v.name}' is a flattened NHWC map")
-        perm = L.identity(len(s.shape)) if self.keep_nchw_io else L.preferred(len(s.shape))
-        want = "float" if (self.io == "float" or not self.int8) else None
-        idx = self.act(v, perm, want)
-        if idx in self.b.inputs or idx in self.b.outputs:
-            # An output that is also an input (or listed twice) still needs its own tensor.
-            info = self.b.info[idx]
-            out = self.b.tensor(v.name, info.shape, info.dtype, info.quant)
-            self.b.op(BuiltinOp.RESHAPE, [idx, self.b.i32(v.name + "_shape", info.shape)], [out],
-                      options("ReshapeOptionsT", newShape=np.asarray(info.shape, dtype=np.int32)))
-            idx = out
-        self.b.tensors[idx].name = v.name
-        return idx
-
-    # -- constant folding ------------------------------------------------------------------------------
-    def _fold(self, node: ir.Node) -> bool:
-        """Evaluate a node whose inputs are all constant (shape arithmetic left by the exporter)."""
-        if node.op_type == "Shape" and node.inputs[0] is not None and static_shape(node.inputs[0]) is not None:
-            shape = np.asarray(static_shape(node.inputs[0]), dtype=np.int64)
-            start, end = attr(node, "start", 0), attr(node, "end", None)
-            self._folded[node.outputs[0]] = shape[start:end]
-            return True
-        if node.op_type in ("Constant",):
-            self._folded[node.outputs[0]] = const_array(node.outputs[0])
-            return True
-        ins = [v for v in node.inputs if v is not None]
-        if not ins or any(self.const(v) is None for v in ins):
-            return False
-        proto = ir.serde.serialize_node(node)
-        names = [v.name or f"in{i}" for i, v in enumerate(node.inputs) if v is not None]
-        feeds = {n: self.const(v) for n, v in zip(names, ins)}
-        graph = onnx.helper.make_graph(
-            [proto], "fold", [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype),
-                                                                 a.shape) for n, a in feeds.items()],
-            [onnx.helper.make_tensor_value_info(o.name, onnx.TensorProto.UNDEFINED, None) for o in node.outputs])
-        m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", self.opset)])
-        results = ReferenceEvaluator(m).run(None, feeds)
-        for o, r in zip(node.outputs, results):
-            self._folded[o] = np.asarray(r)
-        return True
-
-    # -- Q / DQ -----------------------------------------------------------------------------------------
-    def _quantize_node(self, node: ir.Node) -> bool:
-        x, out = node.inputs[0], node.outputs[0]
-        if self.const(x) is not None and node.op_type == "DequantizeLinear":
-            return True  # a quantized weight: its reader takes it through qconst()/const()
-        if self.const(x) is not None:
-            return False  # Q of a constant: fold it
-        if node.op_type == "DequantizeLinear":
-            self.slots[out] = self.slot(x)  # int8 activation read as its real value: an alias
-            return True
-        q = self.q_params(node)
-        if q is None:
-            raise EdgecError(f"node '{node.name}': QuantizeLinear to a non-int8 type or per-axis activation "
-                             "scale has no TFLite full-integer form")
-        s = self.slot(x)
-        info = self.b.info[s.index]
-        if info.dtype == I8 and info.quant is not None and info.quant.same(q):
-            self.slots[out] = s
-            return True
-        if s.flat is not None:
-            raise EdgecError(f"node '{node.name}': cannot quantize a flattened NHWC map")
-        idx = self.b.tensor(out.name or "q", info.shape, I8, q)
-        self.b.op(BuiltinOp.QUANTIZE, [s.index], [idx])
-        self.slots[out] = Slot(idx, s.perm, s.shape)
-        return True
-
-    # -- weights ---------------------------------------------------------------------------------------
-    def int8_weights(self, v: ir.Value, axis: int) -> tuple[np.ndarray, np.ndarray]:
-        """Symmetric int8 weights with one scale per index of ``axis`` (TFLite requires zero point 0).
-
-        The QDQ graph's own integers are kept when they already have that form; otherwise the real
-        weights are requantized (e.g. per-tensor or asymmetric weights)."""
-        qc = self.qconst(v)
-        if qc is not None and qc[0].dtype == I8 and not any(qc[1].zero_point):
-            arr, quant = qc
-            if quant.per_channel and quant.axis == axis:
-                return arr, np.asarray(quant.scale, dtype=np.float64)
-            if not quant.per_channel:
-                return arr, np.full(arr.shape[axis], quant.scale[0], dtype=np.float64)
-        w = self.const(v)
-        assert w is not None
-        red = tuple(i for i in range(w.ndim) if i != axis)
-        amax = np.max(np.abs(w), axis=red) if red else np.abs(w)
-        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float64)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        arr = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-        return arr, scale
-
-    def bias(self, v: ir.Value | None, n: int, q_in: Quant | None, w_scale: np.ndarray | None,
-             name: str) -> int:
-        """Bias input: float (fp32/fp16) or int32 with scale s_in * s_w per channel, as TFLite requires."""
-        if v is None:
-            return -1
-        real = self.const(v)
-        if real is None:
-            raise EdgecError(f"bias '{v.name}' is not constant")
-        real = np.broadcast_to(real.reshape(-1), (n,)).astype(np.float32)
-        if q_in is None or w_scale is None:
-            return self.fconst(name, real)
-        scale = q_in.scale[0] * w_scale
-        qc = self.qconst(v)
-        if qc is not None and qc[0].dtype == np.int32 and np.allclose(
-                np.broadcast_to(np.asarray(qc[1].scale), (n,)), scale, rtol=1e-4):
-            ints = np.broadcast_to(qc[0].reshape(-1), (n,)).astype(np.int32)
-        else:
-            ints = np.clip(np.round(real / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        return self.b.const(name, ints, Quant(tuple(scale.tolist()), (0,) * n, 0))
-
-    def weight_tensor(self, v: ir.Value, q: bool, onnx_axis: int, perm: L.Perm, name: str,
-                      transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[int, np.ndarray | None]:
-        """Weights re-laid out by ``perm`` (then ``transform``, an index-only rewrite); int8 per channel
-        along ONNX axis ``onnx_axis`` when ``q``. Returns (tensor index, per-channel scales or None)."""
-        if q:
-            arr, scale = self.int8_weights(v, onnx_axis)
-            arr = np.transpose(arr, perm)
-            if transform is not None:
-                arr = transform(arr)
-            quant = Quant(tuple(scale.tolist()), (0,) * len(scale), perm.index(onnx_axis))
-            return self.b.const(name, np.ascontiguousarray(arr), quant), scale
-        w = self.const(v)
-        if w is None:
-            raise EdgecError(f"weights '{v.name}' are not constant")
-        arr = np.transpose(w, perm)
-        if transform is not None:
-            arr = transform(arr)
-        return self.fconst(name, np.ascontiguousarray(arr)), None
-
-
-# ================================================================================================
-# helpers shared by handlers
-def quantize_tensor(c: np.ndarray) -> tuple[np.ndarray, Quant]:
-    """Per-tensor asymmetric int8 of a float constant (range widened to include 0, as TFLite requires)."""
-    lo, hi = min(float(c.min()), 0.0), max(float(c.max()), 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
-    zp = int(np.clip(round(-128 - lo / scale), -128, 127))
-    arr = np.clip(np.round(c / scale) + zp, -128, 127).astype(np.int8)
-    return arr, Quant((scale,), (zp,))
-
-
-def clip_bounds(cv: Converter, node: ir.Node) -> tuple[float, float]:
-    if cv.opset < 11:
-        return float(attr(node, "min", -np.inf)), float(attr(node, "max", np.inf))
-    lo = cv.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
-    hi = cv.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    return (float(lo) if lo is not None else -np.inf), (float(hi) if hi is not None else np.inf)
-
-
-def activation_kind(cv: Converter, node: ir.Node) -> int | None:
-    """The TFLite fused activation equal to ``node``, or None."""
-    if node.op_type == "Relu":
-        return ActFn.RELU
-    if node.op_type == "Clip":
-        if len(node.inputs) > 1 and any(v is not None and cv.const(v) is None for v in node.inputs[1:]):
-            return None
-        bounds = clip_bounds(cv, node)
-        return {(0.0, 6.0): ActFn.RELU6, (-1.0, 1.0): ActFn.RELU_N1_TO_1, (0.0, np.inf): ActFn.RELU}.get(bounds)
-    return None
-
-
-def ints(node: ir.Node, name: str, n: int, default: int) -> list[int]:
-    v = attr(node, name, None)
-    return [int(x) for x in v] if v is not None else [default] * n
-
-
-# ================================================================================================
-# handlers
 def conv(cv: Converter, node: ir.Node) -> None:
     x, w = node.inputs[0], node.inputs[1]
     bias_v = node.inputs[2] if len(node.inputs) > 2 else None
@@ -626,7 +150,7 @@ def conv_transpose(cv: Converter, node: ir.Node) -> None:
     xin = cv.act(x, L.NHWC, "int8" if q else "float")
     # ONNX ConvTranspose W is [C_in, C_out, kh, kw]; TFLite TRANSPOSE_CONV wants [C_out, kh, kw, C_in].
     wt, wsc = cv.weight_tensor(w, bool(q), 1, (1, 2, 3, 0), f"{node.name}_w")
-    bt = cv.bias(bias_v, ws_[1], q_in, wsc, f"{node.name}_b")
+    bt = cv.bias(bias_v, ws_[1], q_in, wsc, f"{node.name}_b", optional=True)
     oh, ow = out_shape[2], out_shape[3]
     crop = None
     if begins == [0, 0] and [oh, ow] <= full:
@@ -683,27 +207,19 @@ def fully_connected(cv: Converter, node: ir.Node, a: ir.Value, bv: ir.Value, n_a
     permuted into the NHWC order instead of transposing the activation back to NCHW."""
     s = cv.slot(a)
     act_fn, out_v, fused = cv.fused_act(node.outputs[0])
-    q = cv.quant_mode([a], out_v)
+    # A Gemm alpha scales the weights; that product runs in float rather than requantizing them.
+    q = cv.quant_mode([a], out_v) if alpha == 1.0 else None
     q_in = cv.quant_of(a) if q else None
     rank = len(s.shape)
-    if s.flat is not None:
-        ain = s.index
-        if q:
-            assert cv.b.info[ain].dtype == I8
-        elif cv.b.info[ain].dtype != F32:
-            ain = cv.act(a, None, "float")
-        flat = s.flat
-    else:
-        ain = cv.act(a, L.identity(rank), "int8" if q else "float")
-        flat = None
+    want = "int8" if q else "float"
+    # A flattened NHWC map is read as stored (perm None); anything else in ONNX layout.
+    ain = cv.act(a, None if s.flat is not None else L.identity(rank), want)
+    flat = s.flat
 
     def cols(w: np.ndarray) -> np.ndarray:
         return w[:, flat] if flat is not None else w
 
     n = cv.shape(bv)[n_axis]
-    if q and alpha != 1.0:
-        q = None  # keep the arithmetic obvious: scaled weights go through the float path
-        ain = cv.act(a, None if s.flat is not None else L.identity(rank), "float") if s.flat is None else ain
     if alpha != 1.0:
         wv = cv.const(bv)
         assert wv is not None
@@ -711,21 +227,13 @@ def fully_connected(cv: Converter, node: ir.Node, a: ir.Value, bv: ir.Value, n_a
         ws = None
     else:
         wt, ws = cv.weight_tensor(bv, bool(q), n_axis, w_perm, f"{node.name}_w", cols)
-    bias_real = None
+    bt = -1  # FULLY_CONNECTED takes no bias tensor when there is none
     if bias_v is not None:
         real = cv.const(bias_v)
         if real is None or real.size not in (1, n):
             raise EdgecError(f"node '{node.name}': Gemm bias must be a constant of N values")
-        bias_real = real
-    bt = -1
-    if bias_real is not None:
-        if beta != 1.0 or cv.qconst(bias_v) is None:
-            bias_const = np.broadcast_to(bias_real.reshape(-1) * beta, (n,)).astype(np.float32)
-            tmp = ir.Value(name=f"{node.name}_bias")
-            cv._const_cache[tmp] = bias_const
-            bt = cv.bias(tmp, n, q_in, ws, f"{node.name}_b")
-        else:
-            bt = cv.bias(bias_v, n, q_in, ws, f"{node.name}_b")
+        # beta scales the bias; the QDQ graph's int32 bias is reused only when it is 1.
+        bt = cv.bias(bias_v if beta == 1.0 else None, n, q_in, ws, f"{node.name}_b", real=real * beta)
     out_shape = cv.shape(out_v)
     opts = options("FullyConnectedOptionsT", fusedActivationFunction=act_fn, keepNumDims=len(out_shape) > 2)
     cv.emit(BuiltinOp.FULLY_CONNECTED, [ain, wt, bt], out_v, L.identity(len(out_shape)), q, opts)
@@ -743,6 +251,8 @@ _BINARY = {
 
 
 def binary(cv: Converter, node: ir.Node) -> None:
+    if hard_swish_pattern(cv, node):
+        return
     code, opt_name = _BINARY[node.op_type]
     a, b = node.inputs[0], node.inputs[1]
     out = node.outputs[0]
@@ -751,9 +261,14 @@ def binary(cv: Converter, node: ir.Node) -> None:
     perm = next((cv.slot(v).perm for v in acts if len(cv.slot(v).shape) == rank), L.preferred(rank))
     fusable = node.op_type in ("Add", "Sub", "Mul", "Div")
     act_fn, out_v, fused = cv.fused_act(out) if fusable else (ActFn.NONE, out, [])
-    # TFLite has no int8 DIV kernel: Div runs in float between DEQUANTIZE and QUANTIZE.
-    q = cv.quant_mode(acts, out_v) if node.op_type != "Div" else None
-    ins = [cv.operand(v, perm, rank, q) for v in (a, b)]
+    divisor = cv.const(b) if node.op_type == "Div" else None
+    operands: list[ir.Value | np.ndarray] = [a, b]
+    if divisor is not None and np.all(divisor != 0):
+        # x / c as x * (1/c): within an ulp, and it keeps int8 graphs integer (TFLite has no int8 DIV).
+        code, opt_name, operands = BuiltinOp.MUL, "MulOptionsT", [a, np.asarray(1.0 / divisor.astype(np.float64))]
+    # A Div by an activation runs in float between DEQUANTIZE and QUANTIZE (no int8 DIV kernel).
+    q = cv.quant_mode(acts, out_v) if code != BuiltinOp.DIV else None
+    ins = [cv.operand(v, perm, rank, q) for v in operands]
     opts = options(opt_name, fusedActivationFunction=act_fn) if fusable else options(opt_name)
     cv.emit(code, ins, out_v, perm, q, opts)
     cv.absorb(fused)
@@ -764,6 +279,7 @@ def unary(code: int, opt: str | None = None, required: Quant | None = None, int8
     def handler(cv: Converter, node: ir.Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
         q = cv.quant_mode([x], out) if int8_ok else None
+        q = None if too_coarse(q, required) else q
         s = cv.slot(x)
         opts = None
         if opt is not None:
@@ -797,22 +313,83 @@ def relu_like(cv: Converter, node: ir.Node) -> None:
             out, s.perm, None, options("MaximumMinimumOptionsT"))
 
 
+def hard_swish_pattern(cv: Converter, node: ir.Node) -> bool:
+    """Emit one HARD_SWISH for the two spellings of x * relu6(x + 3) / 6 exporters write:
+    ``Mul(x, HardSigmoid(x, 1/6, 1/2))`` (PyTorch below opset 14) and
+    ``Div(Mul(x, Clip(Add(x, 3), 0, 6)), 6)`` (Paddle2ONNX, e.g. PP-OCR), starting at the first node.
+    Float graphs only: in a QDQ graph the Q/DQ pairs between these nodes carry their own scales."""
+    def const_is(v: ir.Value | None, value: float) -> bool:
+        c = cv.const(v)
+        return c is not None and c.size == 1 and abs(float(c.reshape(-1)[0]) - value) < 1e-6
+
+    def other(n: ir.Node, v: ir.Value) -> ir.Value | None:
+        ins = list(n.inputs)
+        return ins[1] if ins[0] is v else ins[0] if len(ins) > 1 and ins[1] is v else None
+
+    x = node.inputs[0]
+    chain: list[ir.Node] = [node]
+    if node.op_type == "HardSigmoid":
+        if abs(attr(node, "alpha", 0.2) - 1 / 6) > 1e-6 or abs(attr(node, "beta", 0.5) - 0.5) > 1e-6:
+            return False
+        mul = only_consumer(node.outputs[0])
+        if mul is None or mul.op_type != "Mul" or other(mul, node.outputs[0]) is not x:
+            return False
+        chain.append(mul)
+    elif node.op_type == "Add":
+        if const_is(node.inputs[0], 3.0):
+            x = node.inputs[1]
+        elif not const_is(node.inputs[1], 3.0):
+            return False
+        clip = only_consumer(node.outputs[0])
+        if clip is None or clip.op_type != "Clip" or activation_kind(cv, clip) != ActFn.RELU6:
+            return False
+        mul = only_consumer(clip.outputs[0])
+        if mul is None or mul.op_type != "Mul" or other(mul, clip.outputs[0]) is not x:
+            return False
+        last = only_consumer(mul.outputs[0])
+        if last is None or not ((last.op_type == "Div" and const_is(last.inputs[1], 6.0))
+                                or (last.op_type == "Mul" and const_is(other(last, mul.outputs[0]), 1 / 6))):
+            return False
+        chain += [clip, mul, last]
+    else:
+        return False
+    if cv.int8 or cv.const(x) is not None:
+        return False
+    s = cv.slot(x)
+    cv.emit(BuiltinOp.HARD_SWISH, [cv.act(x, s.perm, "float")], chain[-1].outputs[0], s.perm, None)
+    cv.absorb(chain[1:])
+    return True
+
+
 def hard_sigmoid(cv: Converter, node: ir.Node) -> None:
-    """max(0, min(1, a*x + b)) = relu6(6a*x + 6b) / 6: three ops XNNPACK runs natively (TFLite has no
-    HARD_SIGMOID builtin)."""
+    """max(0, min(1, a*x + b)) = relu6(6a*x + 6b) / 6: MUL, ADD with fused RELU6, MUL -- ops XNNPACK
+    runs natively in float and int8 (TFLite has no HARD_SIGMOID builtin).
+
+    In int8 the intermediates get exact scales: 6a*x keeps x's integers (scale 6a*s_x), and the RELU6
+    output uses 6*s_out so the final 1/6 lands on the QDQ output scale; each constant is 127 * scale.
+    """
+    if hard_swish_pattern(cv, node):
+        return
     x, out = node.inputs[0], node.outputs[0]
     a, b = float(attr(node, "alpha", 0.2)), float(attr(node, "beta", 0.5))
     s = cv.slot(x)
-    idx = cv.act(x, s.perm, "float")
+    q = cv.quant_mode([x], out) if a > 0 and b > 0 else None
+    idx = cv.act(x, s.perm, "int8" if q else "float")
     shape = cv.b.info[idx].shape
-    t1 = cv.b.tensor(f"{node.name}_ax", shape, F32)
-    cv.b.op(BuiltinOp.MUL, [idx, cv.fconst(f"{node.name}_6a", np.asarray([6 * a], np.float32))], [t1],
-            options("MulOptionsT"))
-    t2 = cv.b.tensor(f"{node.name}_r6", shape, F32)
-    cv.b.op(BuiltinOp.ADD, [t1, cv.fconst(f"{node.name}_6b", np.asarray([6 * b], np.float32))], [t2],
-            options("AddOptionsT", fusedActivationFunction=ActFn.RELU6))
-    cv.emit(BuiltinOp.MUL, [t2, cv.fconst(f"{node.name}_sixth", np.asarray([1 / 6], np.float32))], out, s.perm,
-            None, options("MulOptionsT"))
+    q_in = cv.b.info[idx].quant
+
+    def scalar(name: str, value: float) -> int:
+        if q is None:
+            return cv.fconst(f"{node.name}_{name}", np.asarray([value], np.float32))
+        return cv.b.const(f"{node.name}_{name}", np.asarray([127], np.int8), Quant((value / 127,), (0,)))
+
+    q1 = Quant((6 * a * q_in.scale[0],), q_in.zero_point) if q and q_in else None
+    q2 = Quant((6 * q.scale[0],), q.zero_point) if q else None
+    t1 = cv.b.tensor(f"{node.name}_ax", shape, I8 if q else F32, q1)
+    cv.b.op(BuiltinOp.MUL, [idx, scalar("6a", 6 * a)], [t1], options("MulOptionsT"))
+    t2 = cv.b.tensor(f"{node.name}_r6", shape, I8 if q else F32, q2)
+    cv.b.op(BuiltinOp.ADD, [t1, scalar("6b", 6 * b)], [t2], options("AddOptionsT", fusedActivationFunction=ActFn.RELU6))
+    cv.emit(BuiltinOp.MUL, [t2, scalar("sixth", 1 / 6)], out, s.perm, q, options("MulOptionsT"))
 
 
 def prelu(cv: Converter, node: ir.Node) -> None:
@@ -838,19 +415,27 @@ def pool(cv: Converter, node: ir.Node) -> None:
     strides, dil = ints(node, "strides", 2, 1), ints(node, "dilations", 2, 1)
     if dil != [1, 1]:
         raise EdgecError(f"node '{node.name}': dilated pooling has no TFLite mapping")
-    pads = L.onnx_pads(attr(node, "auto_pad", "NOTSET"), xs[2:], kernel, strides, dil, attr(node, "pads", None))
+    given = L.onnx_pads(attr(node, "auto_pad", "NOTSET"), xs[2:], kernel, strides, dil, attr(node, "pads", None))
     # ceil_mode: the last window may start inside the input and run past the end pad; widen the end pad.
     pads = [(lo, hi + max(0, (o - 1) * st + k - (n + lo + hi)))
-            for (lo, hi), o, st, k, n in zip(pads, os_[2:], strides, kernel, xs[2:])]
+            for (lo, hi), o, st, k, n in zip(given, os_[2:], strides, kernel, xs[2:])]
     act_fn, out_v, fused = cv.fused_act(out)
     padding = L.tflite_padding(xs[2:], kernel, strides, dil, pads)
     include_pad = bool(attr(node, "count_include_pad", 0))
-    if padding == "SAME" and not is_max and include_pad:
-        padding = None  # TFLite SAME averages over the valid elements only
-    # Average over valid elements with pads SAME cannot express: zero-pad, average, then rescale each
-    # output by window size / valid count (a constant map) -- done in float.
-    rescale = padding is None and not is_max and not include_pad
-    q = None if rescale else cv.quant_mode([x], out_v)
+    rescale = None
+    if not is_max:
+        # Elements each window averages over: the input only, or input and the given pads (never the
+        # ceil-mode extension), as ONNX Runtime counts them.
+        counts = [_window_counts(n, k, st, lo, o, (-lo, n + hi) if include_pad else (0, n))
+                  for n, k, st, (lo, hi), o in zip(xs[2:], kernel, strides, given, os_[2:])]
+        if not (padding == "SAME" and not include_pad):
+            # TFLite SAME divides by the valid elements only, which is count_include_pad=0 exactly.
+            # Otherwise: zero-pad, average over the full window (VALID), and where ONNX divides by
+            # fewer elements rescale by window / count (a constant map, in float).
+            padding = "VALID" if padding == "VALID" else None
+            if not all(np.all(c == k) for c, k in zip(counts, kernel)):
+                rescale = np.outer(kernel[0] / counts[0], kernel[1] / counts[1]).astype(np.float32)
+    q = None if rescale is not None else cv.quant_mode([x], out_v)
     xin = cv.act(x, L.NHWC, "int8" if q else "float")
     if padding is None:
         fill = float(np.finfo(np.float32).min) if is_max else None
@@ -858,26 +443,24 @@ def pool(cv: Converter, node: ir.Node) -> None:
         padding = "VALID"
     opts = options("Pool2DOptionsT", padding=Padding.SAME if padding == "SAME" else Padding.VALID,
                    strideH=strides[0], strideW=strides[1], filterHeight=kernel[0], filterWidth=kernel[1],
-                   fusedActivationFunction=ActFn.NONE if rescale else act_fn)
+                   fusedActivationFunction=ActFn.NONE if rescale is not None else act_fn)
     code = BuiltinOp.MAX_POOL_2D if is_max else BuiltinOp.AVERAGE_POOL_2D
-    if not rescale:
+    if rescale is None:
         cv.emit(code, [xin], out_v, L.NHWC, q, opts, required=cv.quant_of(x) if q else None)
         cv.absorb(fused)
         return
-    tshape = L.shape_in(L.NHWC, os_)
-    mid = cv.b.tensor(f"{node.name}_sum", tshape, F32)
+    mid = cv.b.tensor(f"{node.name}_sum", L.shape_in(L.NHWC, os_), F32)
     cv.b.op(code, [xin], [mid], opts)
-    ratio = [(k / _valid_counts(n, k, st, lo, o)) for n, k, st, (lo, _), o in zip(xs[2:], kernel, strides, pads, os_[2:])]
-    scale = np.outer(ratio[0], ratio[1]).astype(np.float32).reshape(1, os_[2], os_[3], 1)
-    cv.emit(BuiltinOp.MUL, [mid, cv.fconst(f"{node.name}_count", scale)], out_v, L.NHWC, cv.out_quant(out_v),
-            options("MulOptionsT", fusedActivationFunction=act_fn))
+    cv.emit(BuiltinOp.MUL, [mid, cv.fconst(f"{node.name}_count", rescale.reshape(1, os_[2], os_[3], 1))],
+            out_v, L.NHWC, None, options("MulOptionsT", fusedActivationFunction=act_fn))
     cv.absorb(fused)
 
 
-def _valid_counts(n: int, k: int, stride: int, begin: int, out: int) -> np.ndarray:
-    """Per output position along one axis: how many window elements fall inside the input."""
+def _window_counts(n: int, k: int, stride: int, begin: int, out: int, bounds: tuple[int, int]) -> np.ndarray:
+    """Per output position along one axis: how many window elements lie within ``bounds`` (input
+    coordinates, end exclusive)."""
     start = np.arange(out) * stride - begin
-    return (np.minimum(start + k, n) - np.maximum(start, 0)).astype(np.float64)
+    return (np.minimum(start + k, bounds[1]) - np.maximum(start, bounds[0])).astype(np.float64)
 
 
 def global_pool(cv: Converter, node: ir.Node) -> None:
@@ -1016,8 +599,9 @@ def softmax(cv: Converter, node: ir.Node) -> None:
                          "TFLite mapping")
     perm = s.perm if s.perm[-1] == axis else tuple(p for p in s.perm if p != axis) + (axis,)
     q = cv.quant_mode([x], out)
+    q = None if too_coarse(q, Q_SIGMOID) else q
     cv.emit(BuiltinOp.SOFTMAX, [cv.act(x, perm, "int8" if q else "float")], out, perm, q,
-            options("SoftmaxOptionsT", beta=1.0), required=_Q_SIGMOID)
+            options("SoftmaxOptionsT", beta=1.0), required=Q_SIGMOID)
 
 
 def pad(cv: Converter, node: ir.Node) -> None:
@@ -1176,7 +760,7 @@ def _leaky_alpha(node: ir.Node) -> float:
     return float(attr(node, "alpha", 0.01))
 
 
-_HANDLERS: dict[str, Callable[[Converter, ir.Node], None]] = {
+HANDLERS: dict[str, Callable[[Converter, ir.Node], None]] = {
     "Conv": conv,
     "ConvTranspose": conv_transpose,
     "Gemm": gemm,
@@ -1184,8 +768,8 @@ _HANDLERS: dict[str, Callable[[Converter, ir.Node], None]] = {
     "Add": binary, "Sub": binary, "Mul": binary, "Div": binary, "Max": binary, "Min": binary,
     "Relu": relu_like,
     "Clip": relu_like,
-    "Sigmoid": unary(BuiltinOp.LOGISTIC, required=_Q_SIGMOID),
-    "Tanh": unary(BuiltinOp.TANH, required=_Q_TANH),
+    "Sigmoid": unary(BuiltinOp.LOGISTIC, required=Q_SIGMOID),
+    "Tanh": unary(BuiltinOp.TANH, required=Q_TANH),
     "HardSwish": unary(BuiltinOp.HARD_SWISH, "HardSwishOptionsT"),
     "HardSigmoid": hard_sigmoid,
     "LeakyRelu": unary(BuiltinOp.LEAKY_RELU, "LeakyReluOptionsT", alpha=_leaky_alpha),
