@@ -34,6 +34,20 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         runs = int(ctx.options.get("bench_runs", 30))
         if runs > 0:
             art.figures["latency"] = runtime.time_session(sess, ctx.samples[0], runs=runs)
+            float_model = ctx.cache.get("float_model")
+            if ctx.scheme.get("precision") == "int8" and float_model is not None:
+                # Never slower: int8 is timed against the float model it came from, interleaved.
+                from edgec.quant_report import compare_fp32
+
+                cmp = compare_fp32(float_model, path, ctx.samples[0], runs=max(5, runs // 3))
+                art.figures["int8_vs_fp32"] = cmp
+                if cmp["int8_slower"]:
+                    msg = (f"int8 is SLOWER than fp32 here ({cmp['int8_ms']:.3f} vs {cmp['fp32_ms']:.3f} ms): "
+                           "compile with --fallback auto to keep the faster variant")
+                    ctx.warn(msg)
+                else:
+                    art.notes.append(f"int8 {cmp['int8_ms']:.3f} ms vs fp32 {cmp['fp32_ms']:.3f} ms "
+                                     f"({cmp['ratio']:.2f}x)")
     else:
         art.notes.append("no sample inputs: the model was loaded but not run or timed")
     return art

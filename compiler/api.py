@@ -85,6 +85,7 @@ def compile(
     options: dict[str, Any] | None = None,
     report: str | os.PathLike | None = None,
     on_step: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> CompileResult:
     """Run a target's pipeline (or an explicit pass list) and emit the backend's artifacts.
 
@@ -118,7 +119,17 @@ def compile(
     mgr.start(loaded)
     if mgr.reference is not None:
         ctx.cache["reference_outputs"] = mgr.reference
-    result_model = mgr.run(loaded, pipeline)
+    close = None
+    if progress and calib_src is not None:
+        from edgec.calib import rich_progress
+
+        update, close = rich_progress()
+        ctx.progress = lambda stage, done: update(done, len(calib_src))
+    try:
+        result_model = mgr.run(loaded, pipeline)
+    finally:
+        if close is not None:
+            close()
     name = str(model) if not isinstance(model, ir.Model) else (model.graph.name or "model")
     rep = Report(model=name, target=tgt.name, records=mgr.records, warnings=ctx.warnings, samples=desc)
     artifacts = None

@@ -33,6 +33,7 @@ from edgec import model_io, runtime
 Feed = dict[str, np.ndarray]
 BINS = 2048
 SUBSAMPLE = 1 << 18
+OUTPUT_BUDGET = 256 << 20  # bytes of intermediate outputs alive per ORT run
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 
 
@@ -48,6 +49,24 @@ class TensorStats:
     lo: float = 0.0  # histogram origin
     width: float = 0.0  # bin width (0 until the first non-degenerate update)
     hist: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    chan_sum: np.ndarray | None = None  # per axis-1 channel sums (inputs of weighted ops: bias correction)
+    chan_count: int = 0
+
+    def update_channels(self, x: np.ndarray) -> None:
+        """Running per-channel (axis 1) sums, for the mean input each weight row sees."""
+        if x.ndim < 2:
+            return
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        sums = x.sum(axis=axes, dtype=np.float64)
+        if self.chan_sum is None or self.chan_sum.shape != sums.shape:
+            if self.chan_sum is not None:
+                return  # channel count changed between feeds: not a channel axis, give up quietly
+            self.chan_sum = np.zeros_like(sums)
+        self.chan_sum += sums
+        self.chan_count += x.size // x.shape[1]
+
+    def channel_mean(self) -> np.ndarray | None:
+        return None if self.chan_sum is None or self.chan_count == 0 else self.chan_sum / self.chan_count
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float32).ravel()
@@ -254,13 +273,17 @@ def range_entropy(st: TensorStats, lv: Levels) -> tuple[float, float]:
     symmetric scheme); one-signed tensors (ReLU outputs) on their own side with all the levels."""
     if st.width == 0.0:
         return st.min, st.max
-    c, h = st.centers(), st.hist
+    c, h = st.centers(), st.hist.copy()
+    if st.zeros and st.lo <= 0 <= st.lo + st.bins * st.width:
+        # Exact zeros (ReLU's spike) are represented exactly whatever the range; left in, their mass
+        # dominates P and KL clips the living part of the distribution to a third of its range.
+        h[st._index(np.zeros(1, np.float32))[0]] -= min(st.zeros, h[st._index(np.zeros(1, np.float32))[0]])
     if st.min >= 0 or st.max <= 0:
         mag, nlev = np.abs(c), lv.n
     else:
         mag, nlev = np.abs(c), lv.n // 2
     top = float(np.abs([st.min, st.max]).max())
-    nb = 1024
+    nb = st.bins
     folded = np.bincount(np.minimum((mag / top * nb).astype(np.int64), nb - 1), weights=h, minlength=nb)
     t = _kl_threshold(folded, nlev) * top / nb
     return max(st.min, -t), min(st.max, t)
@@ -274,7 +297,7 @@ def _kl_threshold(hist: np.ndarray, nlev: int) -> int:
     if nb <= nlev:
         return nb
     best_i, best_kl = nb, math.inf
-    cands = np.unique(np.linspace(nlev, nb, 96).astype(np.int64))
+    cands = np.unique(np.linspace(nlev, nb, 64).astype(np.int64))
     for i in cands:
         p = hist[:i].copy()
         p[-1] += hist[i:].sum()
@@ -305,7 +328,9 @@ def choose_range(st: TensorStats, method: str, lv: Levels, percentile: float = 9
     }
     if method != "auto":
         return table[method](), method
-    scored = [(expected_sqnr(st, *r, lv), name, r) for name, r in ((n, f()) for n, f in table.items())]
+    # Entropy never beats the SQNR search on SQNR (it optimises KL), so auto skips its cost.
+    scored = [(expected_sqnr(st, *r, lv), name, r) for name, r in ((n, f()) for n, f in table.items()
+                                                                    if n != "entropy")]
     best = max(scored, key=lambda s: s[0])
     return best[2], best[1]
 
@@ -346,18 +371,39 @@ def batches(feeds: Iterable[Feed], batch: int, batchable: bool) -> Iterable[tupl
 
 def collect(model: ir.Model, names: Sequence[str], feeds: Iterable[Feed], *, batch: int = 8,
             progress: Callable[[int, int], Any] | None = None, total: int | None = None,
-            bins: int = BINS) -> dict[str, TensorStats]:
-    """One streaming pass: statistics of every tensor in ``names`` over all ``feeds``."""
+            bins: int = BINS, channels: Iterable[str] = ()) -> dict[str, TensorStats]:
+    """One streaming pass: statistics of every tensor in ``names`` over all ``feeds`` (and per-channel
+    means of those in ``channels``)."""
     names = list(dict.fromkeys(names))
+    chan = set(channels)
     sess = runtime.session(_with_outputs(model, names), optimization="basic")
     stats = {n: TensorStats(bins=bins) for n in names}
     batchable = all(v.shape is not None and len(v.shape) > 0 and not isinstance(v.shape[0], int)
                     for v in model.graph.inputs)
     done = 0
+    if batchable and batch > 1:
+        # All requested intermediates of a batch are alive at once: size the batch so they stay
+        # within OUTPUT_BUDGET (a 736x736 detector has ~1 GB of activations per image).
+        it = iter(feeds)
+        first = next(it, None)
+        if first is None:
+            return stats
+        outs = sess.run(names, runtime.input_feed(sess, first))
+        per_sample = sum(o.nbytes for o in outs) / max(1, next(iter(first.values())).shape[0])
+        for name, arr in zip(names, outs):
+            stats[name].update(arr)
+            if name in chan:
+                stats[name].update_channels(arr)
+        del outs
+        done = 1
+        if progress:
+            progress(done, total or 0)
+        batch = int(max(1, min(batch, OUTPUT_BUDGET // max(per_sample, 1))))
+        feeds = it
     for feed, n in batches(feeds, batch, batchable):
         try:
             outs = sess.run(names, runtime.input_feed(sess, feed))
-        except Exception:  # noqa: BLE001 - a graph with a hard-coded batch (Reshape to 1,-1) runs one by one
+        except Exception:
             if n == 1:
                 raise
             outs_list = [sess.run(names, runtime.input_feed(sess, {k: v[i:i + 1] for k, v in feed.items()}))
@@ -365,12 +411,16 @@ def collect(model: ir.Model, names: Sequence[str], feeds: Iterable[Feed], *, bat
             for per in outs_list:
                 for name, arr in zip(names, per):
                     stats[name].update(arr)
+                    if name in chan:
+                        stats[name].update_channels(arr)
             done += n
             if progress:
                 progress(done, total or 0)
             continue
         for name, arr in zip(names, outs):
             stats[name].update(arr)
+            if name in chan:
+                stats[name].update_channels(arr)
         del outs
         done += n
         if progress:

@@ -230,7 +230,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
-            on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None)
+            on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None,
+            progress=status is not None)
     finally:
         if status is not None:
             status.stop()

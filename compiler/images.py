@@ -168,7 +168,7 @@ def preprocess_image(img: np.ndarray, p: Preprocess) -> np.ndarray:
         th, tw = p.size
         short = p.resize_short or max(th, tw)
         s = short / min(h, w)
-        nw, nh = int(round(w * s)), int(round(h * s))
+        nw, nh = round(w * s), round(h * s)
         pil = pil.resize((nw, nh), resample)
         left, top = (nw - tw) // 2, (nh - th) // 2
         pil = pil.crop((left, top, left + tw, top + th))

@@ -66,6 +66,13 @@ class Report:
             if lat:
                 parts.append(f"latency {lat['median_ms']:.3f} ms (median of {lat['runs']}, 2 threads)")
             console.print("  ".join(parts))
+            d = a.figures.get("drift")
+            if isinstance(d, dict) and "sqnr_db" in d:
+                # What the artifact computes in its runtime with every optimization on (fused kernels can
+                # differ from the op-by-op numbers in the table above).
+                top1 = f"  top-1 {d['top1']:.3f}" if d.get("top1") is not None else ""
+                console.print(f"artifact vs input model in {a.backend}: SQNR {_db(d['sqnr_db'])} dB  "
+                              f"max rel {d['max_rel']:.1e}  cosine {d['cosine']:.5f}{top1}")
             for note in a.notes:
                 console.print(f"[yellow]note:[/] {note}")
         for w in self.warnings:

@@ -1,0 +1,244 @@
+"""Where Q/DQ pairs go, per runtime. Placement decides tensors and shared-scale groups, never numbers.
+
+ort       (ONNX Runtime CPU QDQ fusions): every input and output activation of an op ORT has an int8
+          kernel for (QLinearConv/MatMul/Add/Mul/Concat/Sigmoid/LeakyRelu/AveragePool/GlobalAveragePool,
+          QGemm) is quantized; data-movement ops (Reshape, Transpose, MaxPool, Resize ...) share their
+          input's scale so ORT drops the DQ->op->Q around them; a Relu/Clip that is the only reader of a
+          quantized op's output is absorbed: the Q goes after it with a range starting at 0, so ORT's
+          ReluQuantFusion/ClipQuantFusion delete it. Ops ORT has no int8 kernel for (HardSwish,
+          HardSigmoid, Softmax by default) stay float between DQ and Q.
+tensorrt  (TensorRT explicit quantization): Q/DQ only on the inputs of weighted ops and on the residual
+          input of an Add that follows a Conv (so the Add fuses into the Conv); nothing between a Conv
+          and its activation or pool; Concat inputs share one scale.
+tflite    (full integer): every float activation is quantized (Relu/Clip still absorbed, as TFLite fuses
+          activations); Sigmoid/Softmax outputs take TFLite's fixed 1/256, zero point -128.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_ir as ir
+
+from edgec.graph import const_array, only_consumer
+from edgec.passes.quantize.scheme import QuantScheme
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops whose output is a rearrangement (or max/nearest pick) of input values: same scale in and out.
+PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize", "Slice",
+                "Split", "Gather", "Identity", "DepthToSpace", "SpaceToDepth", "Pad")
+# Ops with an ONNX Runtime CPU int8 kernel reached through its QDQ fusions (own output scale).
+ORT_INT8 = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
+ABSORBED = ("Relu", "Clip")
+FIXED_RANGE_OUTPUTS = ("Sigmoid", "Softmax")  # TFLite's int8 kernels want scale 1/256, zero point -128
+
+
+@dataclasses.dataclass
+class Placement:
+    """The decision: which nodes run int8, which activations get Q/DQ, and which share one scale."""
+
+    nodes: list[ir.Node]  # nodes whose weights (if any) are quantized
+    tensors: list[ir.Value]  # activations that get a Q -> DQ pair (shared by all readers)
+    groups: list[list[ir.Value]]  # tensors that must share scale and zero point
+    fixed: dict[str, tuple[float, int]]  # tensor name -> (scale, zero point) fixed by the runtime
+    skipped: list[dict[str, str]]  # nodes left float, with why
+    consts: list[tuple[ir.Node, int]] = dataclasses.field(default_factory=list)  # constant data inputs
+    scaled: list[ir.Node] = dataclasses.field(default_factory=list)  # Mul by c > 0 folded into a DQ scale
+
+
+def data_inputs(node: ir.Node) -> list[int]:
+    """Indices of the inputs that carry float activation data (not shapes, scales, weights or biases)."""
+    op = node.op_type
+    if op in ("Conv", "ConvTranspose", "Gemm"):
+        return [0]
+    if op == "MatMul":
+        return [i for i in (0, 1) if const_array(node.inputs[i]) is None]
+    if op in ("Add", "Mul", "Concat"):
+        return list(range(len(node.inputs)))
+    return [0]
+
+
+def is_float(v: ir.Value | None) -> bool:
+    return v is not None and v.dtype == ir.DataType.FLOAT
+
+
+def excluded(node: ir.Node, exclude: Iterable[str]) -> bool:
+    names = set(exclude)
+    return bool(names) and (node.name in names or node.op_type in names or
+                            any(o.name in names for o in node.outputs))
+
+
+def place(graph: ir.Graph, scheme: QuantScheme, exclude: Iterable[str] = (), share_concat: bool = True) -> Placement:
+    exclude = list(exclude)
+    if scheme.placement == "tensorrt":
+        return _place_tensorrt(graph, exclude)
+    return _place_all(graph, scheme, exclude, share_concat)
+
+
+def _weighted_ok(node: ir.Node) -> bool:
+    if node.op_type == "MatMul":
+        return True
+    if len(node.inputs) < 2 or const_array(node.inputs[1]) is None:
+        return False
+    w = const_array(node.inputs[1])
+    if node.op_type == "Gemm":
+        return w is not None and w.ndim == 2 and not int(node.attributes.get("transA", ir.AttrInt64("transA", 0)).value)
+    return w is not None and w.ndim >= 3
+
+
+def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_concat: bool) -> Placement:
+    full = scheme.placement == "tflite"
+    int8_ops = set(WEIGHTED) | set(ORT_INT8) | ({"Softmax"} if scheme.softmax or full else set())
+    chosen: list[ir.Node] = []
+    skipped: list[dict[str, str]] = []
+    quantized_values: set[int] = set()  # ids of values that will carry a Q/DQ (for pass-through ops)
+    tensors: dict[int, ir.Value] = {}
+    groups: list[list[ir.Value]] = []
+    fixed: dict[str, tuple[float, int]] = {}
+    absorbed: set[int] = set()  # Relu/Clip nodes whose output carries their producer's Q
+
+    scaled_out: set[int] = set()
+    consts: list[tuple[ir.Node, int]] = []
+    scaled: list[ir.Node] = []
+
+    def add(v: ir.Value) -> None:
+        if id(v) in scaled_out:
+            return  # read through the folded DequantizeLinear of the Mul's input
+        tensors.setdefault(id(v), v)
+        quantized_values.add(id(v))
+
+    def output_of(node: ir.Node) -> ir.Value:
+        """The tensor to quantize for ``node``'s output: after an absorbed Relu/Clip if one follows."""
+        out = node.outputs[0]
+        nxt = only_consumer(out)
+        if nxt is not None and nxt.op_type in ABSORBED and nxt.domain in ("", "ai.onnx") and is_float(nxt.outputs[0]) \
+                and not excluded(nxt, exclude):
+            absorbed.add(id(nxt))
+            return nxt.outputs[0]
+        return out
+
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or not node.outputs or not is_float(node.outputs[0]):
+            continue
+        ins = [i for i in data_inputs(node) if i < len(node.inputs)]
+        if not ins or not all(is_float(node.inputs[i]) for i in ins):
+            continue
+        op = node.op_type
+        if excluded(node, exclude):
+            skipped.append({"node": node.name or op, "op": op, "reason": "excluded"})
+            continue
+        if op in WEIGHTED and not _weighted_ok(node):
+            skipped.append({"node": node.name or op, "op": op, "reason": "weights are not constant"})
+            continue
+        if op == "Mul" and not full and scalar_factor(node) is not None:
+            src = node.inputs[1 - scalar_factor(node)[0]]  # type: ignore[index]
+            if src is not None and id(src) in quantized_values and not src.is_graph_input():
+                scaled.append(node)
+                scaled_out.add(id(node.outputs[0]))
+                quantized_values.add(id(node.outputs[0]))
+                chosen.append(node)
+                continue
+        if op in PASS_THROUGH:
+            # Worth it only when the input is quantized anyway; otherwise the op just stays float.
+            src = node.inputs[0]
+            if src is not None and (id(src) in quantized_values or full) and len(node.outputs) == 1 \
+                    and id(src) not in scaled_out:
+                add(src)
+                out = output_of(node)
+                add(out)
+                groups.append([src, out])
+                chosen.append(node)
+            continue
+        if op in ABSORBED:
+            if full and id(node) not in absorbed and node.inputs[0] is not None and id(node.inputs[0]) not in quantized_values:
+                add(node.inputs[0])
+                add(node.outputs[0])
+                chosen.append(node)
+            continue
+        if op not in int8_ops and not full:
+            continue
+        for i in ins:
+            if const_array(node.inputs[i]) is not None:
+                consts.append((node, i))  # quantized from its own values, no calibration
+            else:
+                add(node.inputs[i])  # type: ignore[arg-type]
+        outs = [output_of(node)] if len(node.outputs) == 1 else [o for o in node.outputs if is_float(o)]
+        for out in outs:
+            if out.is_graph_output() and op in ("Gemm", "MatMul") and not full:
+                continue  # ORT fuses DQ->Gemm/MatMul with a float output (QGemm, MatMulIntegerToFloat)
+            add(out)
+        if op == "Concat" and share_concat:
+            groups.append([*(node.inputs[i] for i in ins), outs[0]])  # type: ignore[misc]
+        if full and op in FIXED_RANGE_OUTPUTS and scheme.act_dtype == "int8" and not scheme.act_symmetric:
+            fixed[outs[0].name or ""] = (1.0 / 256.0, -128)
+        chosen.append(node)
+    return Placement(chosen, list(tensors.values()), _merge(groups), fixed, skipped, consts, scaled)
+
+
+def scalar_factor(node: ir.Node) -> tuple[int, float] | None:
+    """(input index, value) when one input of a Mul is a positive scalar constant."""
+    for i in (0, 1):
+        c = const_array(node.inputs[i]) if i < len(node.inputs) else None
+        if c is not None and c.size == 1 and float(c.reshape(())) > 0 and np.issubdtype(c.dtype, np.floating):
+            return i, float(c.reshape(()))
+    return None
+
+
+def _place_tensorrt(graph: ir.Graph, exclude: list[str]) -> Placement:
+    chosen: list[ir.Node] = []
+    skipped: list[dict[str, str]] = []
+    tensors: dict[int, ir.Value] = {}
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in WEIGHTED:
+            if excluded(node, exclude):
+                skipped.append({"node": node.name or node.op_type, "op": node.op_type, "reason": "excluded"})
+                continue
+            ins = data_inputs(node)
+            if not _weighted_ok(node) or not all(is_float(node.inputs[i]) for i in ins):
+                continue
+            for i in ins:
+                tensors.setdefault(id(node.inputs[i]), node.inputs[i])  # type: ignore[arg-type]
+            chosen.append(node)
+        elif node.op_type == "Add" and len(node.inputs) == 2 and not excluded(node, exclude):
+            # Conv -> Add(residual): quantizing the residual input lets TensorRT fuse the Add into the Conv.
+            for i, other in ((0, 1), (1, 0)):
+                prod = node.inputs[i].producer() if node.inputs[i] is not None else None
+                if prod is not None and prod.op_type == "Conv" and only_consumer(node.inputs[i]) is node \
+                        and is_float(node.inputs[other]) and const_array(node.inputs[other]) is None:
+                    tensors.setdefault(id(node.inputs[other]), node.inputs[other])  # type: ignore[arg-type]
+                    break
+    # Concat inputs share one scale when the Concat output is quantized (TensorRT removes the Concat).
+    groups = []
+    for node in graph:
+        if node.op_type == "Concat" and id(node.outputs[0]) in tensors:
+            members = [v for v in node.inputs if v is not None]
+            for v in members:
+                tensors.setdefault(id(v), v)
+            groups.append([*members, node.outputs[0]])
+    return Placement(chosen, list(tensors.values()), _merge(groups), {}, skipped)
+
+
+def _merge(groups: list[list[ir.Value]]) -> list[list[ir.Value]]:
+    """Union of overlapping groups (a tensor in two Concats ties both together)."""
+    parent: dict[int, int] = {}
+    by_id: dict[int, ir.Value] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g in groups:
+        for v in g:
+            by_id[id(v)] = v
+        for v in g[1:]:
+            parent[find(id(v))] = find(id(g[0]))
+    out: dict[int, list[ir.Value]] = {}
+    for k, v in by_id.items():
+        out.setdefault(find(k), []).append(v)
+    return [g for g in out.values() if len(g) > 1]

@@ -1,0 +1,54 @@
+"""QuantScheme: the target's int8 numeric scheme (targets.toml ``[name.scheme]``), validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from edgec.calib import Levels, levels
+from edgec.errors import EdgecError
+
+PLACEMENTS = ("ort", "tensorrt", "tflite")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    """How weights, activations and biases are stored, and which runtime's fusions Q/DQ placement serves."""
+
+    weight_dtype: str = "int8"
+    weight_symmetric: bool = True
+    per_channel: bool = True
+    act_dtype: str = "uint8"
+    act_symmetric: bool = False
+    bias: str = "int32"  # int32 | float
+    placement: str = "ort"  # ort | tensorrt | tflite
+    softmax: bool = False  # quantize Softmax (TFLite always does; ORT keeps it float by default)
+
+    @classmethod
+    def from_mapping(cls, scheme: Mapping[str, Any]) -> QuantScheme:
+        if scheme.get("precision", "int8") != "int8":
+            raise EdgecError(f"quantize needs an int8 target scheme, this target's precision is "
+                             f"'{scheme.get('precision')}'", hint="use --target cpu-int8, jetson-int8 or tflite-int8")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in scheme.items() if k in known}
+        s = cls(**kwargs)
+        if s.weight_dtype != "int8":
+            raise EdgecError(f"scheme weight_dtype '{s.weight_dtype}' is not supported", hint="int8")
+        if s.act_dtype not in ("uint8", "int8"):
+            raise EdgecError(f"scheme act_dtype '{s.act_dtype}' is not supported", hint="uint8 or int8")
+        if s.bias not in ("int32", "float"):
+            raise EdgecError(f"scheme bias '{s.bias}' is not supported", hint="int32 or float")
+        if s.placement not in PLACEMENTS:
+            raise EdgecError(f"scheme placement '{s.placement}' is unknown", hint=" | ".join(PLACEMENTS))
+        return s
+
+    @property
+    def act_levels(self) -> Levels:
+        return levels(self.act_dtype, self.act_symmetric)
+
+    @property
+    def act_np(self) -> type[np.integer]:
+        return np.uint8 if self.act_dtype == "uint8" else np.int8

