@@ -7,20 +7,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from edgec.api import CompileResult, compile, diff, example_paths, inspect
 from edgec.errors import EdgecError
+# Bound here, not lazily: importing the submodule later would rebind ``edgec.export`` to the module.
+# The function imports torch only when called.
+from edgec.export import export
 from edgec.model_io import load, save
 
 __version__ = "0.1.0"
-
-
-def export(*args: Any, **kwargs: Any) -> Any:
-    """PyTorch -> ONNX once (needs the ``edgec[torch]`` extra); see edgec.export.export."""
-    from edgec.export import export as _export
-
-    return _export(*args, **kwargs)
 
 
 __all__ = ["CompileResult", "EdgecError", "compile", "diff", "example_paths", "export", "inspect", "load", "save"]

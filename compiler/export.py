@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgec.errors import EdgecError
 
 # Relative to the largest magnitude of the reference output: elementwise relative error is meaningless

@@ -29,7 +29,9 @@ class FuseBias(Pass):
                 producer = src.producer() if src is not None else None
                 if c is None or producer is None or only_consumer(src) is not add:
                     continue
-                if producer.domain not in ("", "ai.onnx") or const_array(producer.inputs[1]) is None:
+                if producer.domain not in ("", "ai.onnx") or producer.op_type not in _WEIGHTED:
+                    continue
+                if len(producer.inputs) < 2 or const_array(producer.inputs[1]) is None:
                     continue
                 if _fold(producer, c):
                     bypass(add, keep=k)
@@ -37,6 +39,9 @@ class FuseBias(Pass):
                     break
         ctx.details["fused"] = fused
         return bool(fused)
+
+
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _channel_vector(c: np.ndarray, channels: int, axis_from_end: int, out_rank: int) -> np.ndarray | None:

@@ -1,8 +1,8 @@
 """Shared session fixtures: the bundled digits model, real images, small PyTorch exports, zoo models.
 
-tools/zoo.py and tests/models.py are loaded by path (neither tools/ nor tests/ is a package) and
-registered as the modules ``edgec_zoo`` and ``edgec_test_models``; use the ``zoo`` / ``test_models``
-fixtures, or ``import edgec_zoo`` inside a test. Other test files add their own fixtures locally.
+pyproject puts tests/ and tools/ on sys.path for pytest, so ``import zoo`` and ``import models`` work in
+any test and give the same module objects these fixtures use (one copy, one ZooUnavailable class).
+Other test files add their own fixtures locally.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = mod  # before exec: dataclasses look their module up in sys.modules
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
+def _import_zoo() -> ModuleType:
+    try:
+        import zoo  # tools/ on pytest's pythonpath
+    except ImportError:  # run without the pyproject settings: load it by path under the same name
+        spec = importlib.util.spec_from_file_location("zoo", REPO / "tools" / "zoo.py")
+        zoo = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["zoo"] = zoo  # before exec: dataclasses look their module up in sys.modules
+        spec.loader.exec_module(zoo)  # type: ignore[union-attr]
+    return zoo
 
 
-_zoo = _load("edgec_zoo", REPO / "tools" / "zoo.py")
+_zoo = _import_zoo()
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,11 @@ def zoo() -> ModuleType:
 def test_models() -> ModuleType:
     """tests/models.py (needs torch; skips without it)."""
     pytest.importorskip("torch")
-    return _zoo.load_models_module()
+    try:
+        import models  # tests/ on pytest's pythonpath; zoo reuses this same module object
+    except ImportError:
+        return _zoo.load_models_module()
+    return models
 
 
 @pytest.fixture(scope="session")

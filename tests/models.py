@@ -3,7 +3,8 @@
 Every builder is seeded (same weights on every machine with torch 2.13.0) and returns a module in eval
 mode. The models are untrained, so BatchNorm would otherwise be the identity (mean 0, var 1, gamma 1,
 beta 0) and a broken fuse-bn could pass unnoticed; ``_randomize_bn`` gives every BN layer non-trivial
-running statistics and affine parameters, scaled so activations stay in a sane range through the depth.
+affine parameters and running statistics measured on the layer's activations (then perturbed), so
+activations keep their scale through the depth and the output depends on the input.
 
     resnet18_style(width)        BasicBlocks with residual Adds, ResNet-18 topology (width=64 is ResNet-18)
     mobilenetv2_style(width_mult) inverted residuals, depthwise convs, ReLU6 (width_mult=1.0 is MobileNetV2)
@@ -48,19 +49,35 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _randomize_bn(model: nn.Module, seed: int) -> nn.Module:
+    """Random non-trivial BN affine, and running statistics that match the layer's real activations.
+
+    Purely random running stats do not normalise anything: in eval mode the activation scale then shrinks
+    or grows layer after layer, and after 50 layers the output no longer depends on the input (a constant
+    model makes drift and top-1 tests meaningless). So the statistics are measured (data-dependent init:
+    train-mode passes over seeded normal images; this is weight initialisation, not calibration) and then
+    perturbed, so eval-mode BN is still far from the identity and differs from the batch statistics.
+    """
     gen = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+
+    def u(lo: float, hi: float, n: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
             c = m.num_features
-
-            def u(lo: float, hi: float, n: int = c) -> torch.Tensor:
-                return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-            with torch.no_grad():
-                m.running_mean.copy_(u(-0.3, 0.3))
-                m.running_var.copy_(u(0.5, 2.0))
-                m.weight.copy_(u(0.5, 1.5) * torch.where(torch.rand(c, generator=gen) < 0.1, -1.0, 1.0))
-                m.bias.copy_(u(-0.2, 0.2))
+            m.weight.copy_(u(0.5, 1.5, c) * torch.where(torch.rand(c, generator=gen) < 0.1, -1.0, 1.0))
+            m.bias.copy_(u(-0.2, 0.2, c))
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the init passes
+        model.train()
+        for _ in range(2):
+            model(torch.randn(8, 3, 64, 64, generator=gen))
+        for m in bns:
+            c = m.num_features
+            m.momentum = 0.1
+            m.running_mean.add_(0.1 * torch.randn(c, generator=gen) * m.running_var.sqrt())
+            m.running_var.mul_(u(0.8, 1.25, c))
     return model.eval()
 
 

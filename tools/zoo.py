@@ -31,6 +31,7 @@ them; ``images("lines")`` are single text lines on photo backgrounds (recognizer
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import math
@@ -256,10 +257,14 @@ def _build_torch(entry: Entry) -> Path:
 
 
 def load_models_module() -> Any:
-    """tests/models.py imported by path (tests/ is not a package), once per process."""
-    if "edgec_test_models" in sys.modules:
-        return sys.modules["edgec_test_models"]
-    spec = importlib.util.spec_from_file_location("edgec_test_models", REPO / "tests" / "models.py")
+    """tests/models.py, imported once per process: reuses ``models`` when pytest already imported it
+    from tests/ (its pythonpath), else loads the file by path (tests/ is not a package)."""
+    models_py = (REPO / "tests" / "models.py").resolve()
+    for name in ("models", "edgec_test_models"):
+        mod = sys.modules.get(name)
+        if mod is not None and Path(getattr(mod, "__file__", "") or "").resolve() == models_py:
+            return mod
+    spec = importlib.util.spec_from_file_location("edgec_test_models", models_py)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["edgec_test_models"] = mod
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -275,21 +280,33 @@ _WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "invoi
 
 
 def load_photos() -> list[np.ndarray]:
-    """The source photographs as RGB uint8 arrays (8 from scikit-image, 2 from scikit-learn)."""
-    import warnings
+    """The source photographs as RGB uint8 arrays (8 from scikit-image, 2 from scikit-learn), read-only."""
+    return list(_load_photos())
 
+
+@functools.lru_cache(maxsize=1)
+def _load_photos() -> tuple[np.ndarray, ...]:
+    # Decoding the ten files takes about a second; every images() call needs them.
     import skimage.data
-    from sklearn.datasets import load_sample_images
+    from PIL import Image
 
     photos = []
     for name in _SKIMAGE_PHOTOS:
         img = getattr(skimage.data, name)()
         img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle returns (left, right, disp)
         photos.append(np.ascontiguousarray(img[..., :3], dtype=np.uint8))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        photos += [np.asarray(i, dtype=np.uint8) for i in load_sample_images().images]
-    return photos
+    # sklearn.datasets.load_sample_images() returns exactly these two files; importing sklearn to get
+    # them costs seconds, so read them where the installed package keeps them.
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ZooUnavailable("scikit-learn is not installed (its sample images are part of the photo set)")
+    images_dir = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+    for name in ("china.jpg", "flower.jpg"):
+        with Image.open(images_dir / name) as im:
+            photos.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    for p in photos:
+        p.setflags(write=False)  # shared by every caller: nobody may draw on the cached originals
+    return tuple(photos)
 
 
 def images(kind: str = "photos", n: int = 32, size: tuple[int, int] = (224, 224), seed: int = 0) -> list[np.ndarray]:
@@ -304,10 +321,12 @@ def images(kind: str = "photos", n: int = 32, size: tuple[int, int] = (224, 224)
         raise ValueError(f"unknown image kind '{kind}': photos, text or lines")
     if kind == "lines":
         return text_lines(n, size, seed)[0]
-    rng = np.random.default_rng(seed)
     photos = load_photos()
     out = []
     for i in range(n):
+        # One generator per image: image i is the same whatever n is, and "text" image i is "photos"
+        # image i with words drawn on it (the crop consumes the same random numbers first).
+        rng = np.random.default_rng((seed, i))
         img = _random_crop(photos[i % len(photos)], size, rng)
         out.append(_draw_words(img, rng) if kind == "text" else img)
     return out
@@ -315,10 +334,10 @@ def images(kind: str = "photos", n: int = 32, size: tuple[int, int] = (224, 224)
 
 def text_lines(n: int = 32, size: tuple[int, int] = (48, 320), seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
     """Single text lines on photo backgrounds and the strings rendered: labelled data for ppocr-rec."""
-    rng = np.random.default_rng(seed)
     photos = load_photos()
     imgs, texts = [], []
     for i in range(n):
+        rng = np.random.default_rng((seed, i, 1))
         img, text = _draw_line(_random_crop(photos[i % len(photos)], size, rng), rng)
         imgs.append(img)
         texts.append(text)
