@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from edgec.api import CompileResult, compile, diff, example_paths, inspect
 from edgec.errors import EdgecError
+
 # Bound here, not lazily: importing the submodule later would rebind ``edgec.export`` to the module.
 # The function imports torch only when called.
 from edgec.export import export

@@ -307,6 +307,53 @@ def table(model: str, variants: list[Variant]) -> str:
     return "\n".join(rows) + ("\n\n" + "\n".join(f"- {r}" for r in ratios) if ratios else "") + "\n"
 
 
+def gemm_peaks(n: int = 2048, runs: int = 5) -> dict[str, float]:
+    """The machine's measured GEMM throughput in ORT, 2 threads: fp32 MatMul and int8 MatMulInteger at n^3.
+
+    Each model's row then says what fraction of that it achieves (2*MACs / latency / peak): the physical
+    limit line of the benchmark.
+    """
+    from onnx import TensorProto, helper
+
+    from edgec import runtime
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for kind, (node, ta, tb, a, b) in {
+        "fp32": (helper.make_node("MatMul", ["a", "b"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT,
+                 rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)),
+        "int8": (helper.make_node("MatMulInteger", ["a", "b"], ["y"]), TensorProto.UINT8, TensorProto.INT8,
+                 rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-127, 127, (n, n), dtype=np.int8)),
+    }.items():
+        g = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", ta, [n, n]),
+                                               helper.make_tensor_value_info("b", tb, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32 if kind == "int8"
+                                                             else TensorProto.FLOAT, [n, n])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        sess = runtime.session(m.SerializeToString())
+        t = runtime.time_session(sess, {"a": a, "b": b}, runs=runs, warmup=2)
+        out[kind] = 2 * n**3 / (t["median_ms"] / 1e3) / 1e9  # GOP/s
+    return out
+
+
+def peak_fractions(model_path: Path, variants: list[Variant], peaks: dict[str, float]) -> str:
+    """One line per variant: achieved GOP/s and its fraction of the fp32 or int8 GEMM peak."""
+    import edgec
+    from edgec import metrics
+
+    macs = metrics.summarize(edgec.load(model_path)).macs
+    lines = []
+    for v in variants:
+        ms = v.figures.get("latency_ms")
+        if not ms or not macs:
+            continue
+        kind = "int8" if ("int8" in v.name or v.name == "ort-quant") else "fp32"
+        gops = 2 * macs / (ms / 1e3) / 1e9
+        lines.append(f"{v.name} {gops:.1f} GOP/s = {100 * gops / peaks[kind]:.1f}% of the {kind} GEMM peak")
+    return f"- physical limit ({macs / 1e6:.1f} MMACs): " + "; ".join(lines) + "\n"
+
+
 def available_tools() -> dict[str, str]:
     """Which anchors can run here; a missing one is reported, not silently dropped."""
     status = {}
@@ -339,7 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = (f"- calibration: {args.calib} real images per model (digits: held-out samples); evaluation: "
              f"{args.eval} other real images (digits: all other held-out samples); latency: median of "
              f"{args.runs} interleaved runs; peak RSS: the build process's VmHWM\n")
-    parts = ["# edgec benchmarks\n", header(), "- anchors: " + ", ".join(f"{k} {v}" for k, v in tools.items()), setup]
+    peaks = gemm_peaks()
+    peak_line = (f"- GEMM peak (ORT, 2 threads, 2048^3): fp32 MatMul {peaks['fp32']:.1f} GFLOP/s, int8 "
+                 f"MatMulInteger {peaks['int8']:.1f} GOP/s\n")
+    parts = ["# edgec benchmarks\n", header(), "- anchors: " + ", ".join(f"{k} {v}" for k, v in tools.items()), setup,
+             peak_line]
     for name in args.models:
         print(f"[bench] {name}", flush=True)
         try:
@@ -366,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if v.path is None:
                     print(f"  {v.name}: {v.note}", flush=True)
             measure(variants, eval_feeds, labels, args.runs)
-            parts.append(table(name, variants))
+            parts.append(table(name, variants) + peak_fractions(src, variants, peaks))
             print(parts[-1], flush=True)
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}")
