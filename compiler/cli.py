@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from edgec.errors import EdgecError
@@ -163,12 +164,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not sep or not key:
             raise EdgecError(f"--set {item!r}: expected KEY=VALUE")
         opts[key.replace("-", "_")] = _scalar(value)
-    if args.calib_method:
-        opts["calib_method"] = args.calib_method
-    if args.exclude:
-        opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
-    if args.preprocess:
-        opts["preprocess"] = args.preprocess
+    opts.update(_quant_options(args))
     for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "io"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
@@ -188,6 +184,18 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         opts["prune_skip"] = [x for e in args.prune_skip for x in e.split(",") if x]
     if args.dw_layers:
         opts["dw_layers"] = [x for e in args.dw_layers for x in e.split(",") if x]
+    return opts
+
+
+def _quant_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--calib-method, --exclude and --preprocess, shared by compile and quant-report."""
+    opts: dict[str, Any] = {}
+    if args.calib_method:
+        opts["calib_method"] = args.calib_method
+    if args.exclude:
+        opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
+    if args.preprocess:
+        opts["preprocess"] = args.preprocess
     return opts
 
 
@@ -383,13 +391,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     from edgec import quant_report
     from edgec.model_io import parse_shapes
 
-    opts: dict[str, Any] = {}
-    if args.calib_method:
-        opts["calib_method"] = args.calib_method
-    if args.exclude:
-        opts["exclude"] = [x for e in args.exclude for x in e.split(",") if x]
-    if args.preprocess:
-        opts["preprocess"] = args.preprocess
+    opts = _quant_options(args)
     rep = quant_report.quant_report(args.model, args.calib, target=args.target, calib_limit=args.calib_limit,
                                     options=opts, shapes=parse_shapes(args.shape) or None)
     if args.out:

@@ -95,12 +95,7 @@ class Manager:
         except PassFailed as exc:
             if not self.keep_going or backup is None:
                 raise
-            restored = model_io.from_proto(onnx.ModelProto.FromString(backup))
-            self.records.append(PassRecord(
-                name=p.name, params=p.params, exact=p.is_exact(), seconds=time.perf_counter() - t0,
-                changed=False, summary=metrics.summarize(restored), drift=self.records[-1].drift,
-                status="rolled-back", message=exc.message, details=dict(self.ctx.details)))
-            return restored
+            return self._roll_back(p, backup, exc, time.perf_counter() - t0)
         except EdgecError:
             raise
         except Exception as exc:
@@ -111,12 +106,7 @@ class Manager:
             err.traceback = traceback.format_exc()  # type: ignore[attr-defined]
             if not self.keep_going or backup is None:
                 raise err from exc
-            restored = model_io.from_proto(onnx.ModelProto.FromString(backup))
-            self.records.append(PassRecord(
-                name=p.name, params=p.params, exact=p.is_exact(), seconds=time.perf_counter() - t0,
-                changed=False, summary=metrics.summarize(restored), drift=self.records[-1].drift,
-                status="rolled-back", message=err.message, details=dict(self.ctx.details)))
-            return restored
+            return self._roll_back(p, backup, err, time.perf_counter() - t0)
         if outputs is not None:
             self.final_outputs = outputs
         rec = PassRecord(name=p.name, params=p.params, exact=p.is_exact(), seconds=seconds, changed=changed,
@@ -125,6 +115,15 @@ class Manager:
         if self.dump_dir is not None:
             model_io.save(model, self.dump_dir / f"{index:02d}_{p.name}.onnx")
         return model
+
+    def _roll_back(self, p: Pass, backup: bytes, exc: EdgecError, seconds: float) -> ir.Model:
+        """Restore the model from before ``p`` and record the pass as rolled back (``--keep-going``)."""
+        restored = model_io.from_proto(onnx.ModelProto.FromString(backup))
+        self.records.append(PassRecord(
+            name=p.name, params=p.params, exact=p.is_exact(), seconds=seconds, changed=False,
+            summary=metrics.summarize(restored), drift=self.records[-1].drift, status="rolled-back",
+            message=exc.message, details=dict(self.ctx.details)))
+        return restored
 
     def _validate(self, proto: onnx.ModelProto, p: Pass) -> None:
         try:
