@@ -84,7 +84,7 @@ def _fit(arr: np.ndarray, name: str, dims: tuple[int | str, ...], dtype: np.dtyp
                          f"({list(dims)}) or a leading sample axis", hint=_SHAPE_HINT)
     for s in samples[:1]:
         for i, (d, got) in enumerate(zip(dims, s.shape)):
-            if isinstance(d, int) and d != got:
+            if isinstance(d, int) and d >= 0 and d != got:  # -1 (Paddle exports) is dynamic
                 raise EdgecError(f"{origin}: array '{name}' has shape {s.shape}, input '{name}' wants "
                                  f"{list(dims)} (dim {i})", hint=_SHAPE_HINT)
     return [np.asarray(s, dtype=dtype) for s in samples]

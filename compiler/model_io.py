@@ -175,7 +175,8 @@ def pin_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]], source: str 
                              hint=f"give {len(old)} dims")
         if old is not None:
             for i, (o, d) in enumerate(zip(old, dims)):
-                if isinstance(o, int) and o != d:
+                # A negative dim (Paddle writes -1) is a dynamic one, like a symbolic name.
+                if isinstance(o, int) and o >= 0 and o != d:
                     raise EdgecError(f"--shape {name}: dim {i} is fixed at {o} in the model, {d} given",
                                      hint="only symbolic dims can be pinned; keep the fixed ones")
         if any(d <= 0 for d in dims):

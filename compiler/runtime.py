@@ -60,7 +60,7 @@ def input_feed(sess: ort.InferenceSession, feed: Feed) -> Feed:
                              hint=f"arrays given: {', '.join(feed) or 'none'}")
         arr = np.asarray(feed[meta.name], dtype=_np_type(meta.type))
         want = meta.shape
-        if len(want) != arr.ndim or any(isinstance(w, int) and w != g for w, g in zip(want, arr.shape)):
+        if len(want) != arr.ndim or any(isinstance(w, int) and w >= 0 and w != g for w, g in zip(want, arr.shape)):
             raise EdgecError(f"sample input '{meta.name}' has shape {list(arr.shape)}; the model wants {list(want)}",
                              hint="check --calib/--samples (or pin dynamic dims with --shape)")
         out[meta.name] = arr

@@ -337,12 +337,14 @@ def gemm_peaks(n: int = 2048, runs: int = 5) -> dict[str, float]:
     return out
 
 
-def peak_fractions(model_path: Path, variants: list[Variant], peaks: dict[str, float]) -> str:
+def peak_fractions(model_path: Path, variants: list[Variant], peaks: dict[str, float], feed: Feed) -> str:
     """One line per variant: achieved GOP/s and its fraction of the fp32 or int8 GEMM peak."""
     import edgec
     from edgec import metrics
 
-    macs = metrics.summarize(edgec.load(model_path)).macs
+    # MACs at the benchmarked input size (dynamic dims pinned to the feed's).
+    shapes = {k: tuple(v.shape) for k, v in feed.items()}
+    macs = metrics.summarize(edgec.load(model_path, shapes=shapes)).macs
     lines = []
     for v in variants:
         ms = v.figures.get("latency_ms")
@@ -417,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if v.path is None:
                     print(f"  {v.name}: {v.note}", flush=True)
             measure(variants, eval_feeds, labels, args.runs)
-            parts.append(table(name, variants) + peak_fractions(src, variants, peaks))
+            parts.append(table(name, variants) + peak_fractions(src, variants, peaks, eval_feeds[0]))
             print(parts[-1], flush=True)
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}")
