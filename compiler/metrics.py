@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec.graph import opset_version
+from edgec.model_io import PROTO_LIMIT
 from edgec.records import Drift, Summary
 
 Feed = dict[str, np.ndarray]
@@ -23,26 +24,23 @@ def summarize(model: ir.Model, proto: onnx.ModelProto | None = None) -> Summary:
     quantized weights); int64 tensors are shape plumbing and do not count.
     """
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph)
-    params = 0
-    for v in model.graph.initializers.values():
-        t = v.const_value
-        if t is None or t.dtype in (ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING):
-            continue
-        params += math.prod(t.shape.numpy()) if t.shape is not None else 0
-    for node in model.graph:
-        if node.op_type == "Constant" and "value" in node.attributes:
-            t = node.attributes["value"].as_tensor()
-            if t.dtype not in (ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING):
-                params += math.prod(t.shape.numpy())
+    tensors = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+    # Weights still in Constant nodes (before lift-constants) are parameters too.
+    tensors += [n.attributes["value"].as_tensor() for n in model.graph
+                if n.op_type == "Constant" and "value" in n.attributes]
+    params = sum(math.prod(t.shape.numpy()) for t in tensors
+                 if t.dtype not in (ir.DataType.INT64, ir.DataType.BOOL, ir.DataType.STRING))
     if proto is None:
         proto = ir.serde.serialize_model(model)
-    size = proto.ByteSize() if sum(v.const_value.nbytes for v in model.graph.initializers.values()
-                                   if v.const_value is not None) < 2**31 - 2**24 else _external_bytes(model)
+    weights = _weight_bytes(model)
+    # Past the 2 GiB proto limit the weights live in external data: count them, and skip shape inference.
+    small = weights < PROTO_LIMIT
     return Summary(nodes=model.graph.num_nodes(), ops=dict(sorted(ops.items())), params=int(params),
-                   macs=int(count_macs(proto)) if size < 2**31 - 2**24 else 0, bytes=int(size), opset=opset_version(model))
+                   macs=int(count_macs(proto)) if small else 0, bytes=int(proto.ByteSize() if small else weights),
+                   opset=opset_version(model))
 
 
-def _external_bytes(model: ir.Model) -> int:
+def _weight_bytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 

@@ -148,7 +148,7 @@ class EliminateDeadCode(Pass):
                 bypass(node)
                 changed = True
         changed |= common.RemoveUnusedNodesPass()(model).modified
-        changed |= common.RemoveUnusedOpsetsPass()(model).modified if hasattr(common, "RemoveUnusedOpsetsPass") else False
+        changed |= common.RemoveUnusedOpsetsPass()(model).modified
         return changed
 
 

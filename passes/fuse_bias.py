@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from edgec.graph import bypass, const_array, nodes_of, only_consumer, set_input_const
+from edgec.graph import attr, bypass, const_array, nodes_of, only_consumer, set_input_const
 from edgec.graph import infer_shapes as _infer_shapes
 from edgec.pass_infra import Pass, PassContext, register
 
@@ -64,15 +64,14 @@ def _fold(node: ir.Node, c: np.ndarray) -> bool:
         return False
     rank = len(out.shape)
     if node.op_type in ("Conv", "ConvTranspose"):
-        channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * int(node.attributes.get("group",
-                                                                             ir.AttrInt64("group", 1)).value)
+        channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * int(attr(node, "group", 1))
         vec = _channel_vector(c, channels, rank - 1, rank)
         bias_index = 2
     elif node.op_type == "Gemm":
-        trans_b = int(node.attributes["transB"].value) if "transB" in node.attributes else 0
+        trans_b = int(attr(node, "transB", 0))
         channels = w.shape[0] if trans_b else w.shape[1]
         vec = _channel_vector(c, channels, 1, 2)
-        beta = float(node.attributes["beta"].value) if "beta" in node.attributes else 1.0
+        beta = float(attr(node, "beta", 1.0))
         old = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if old is not None and old.size not in (1, channels):
             return False
