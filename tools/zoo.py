@@ -107,6 +107,9 @@ _ORIENTATION: dict[str, Any] = {
 _RAPIDOCR: dict[str, Any] = {
     "package": "rapidocr-onnxruntime", "version": "1.4.4",
     "wheel_sha256": "971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf"}
+_NUDENET: dict[str, Any] = {
+    "package": "nudenet", "version": "3.4.2",
+    "wheel_sha256": "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331"}
 _PPOCR_NORM: dict[str, Any] = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "channels": "BGR"}
 
 ENTRIES: dict[str, Entry] = {e.name: e for e in [
@@ -141,6 +144,12 @@ ENTRIES: dict[str, Entry] = {e.name: e for e in [
           Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, resize_short=256), images="photos"),
     Entry("yolo", "torch", "YOLOv8-like detector, width 32, 80 classes (tests/models.py, untrained)",
           "input", (1, 3, 320, 320), Preprocess("fixed", (320, 320)), images="photos"),
+    # A trained YOLOv8n (C2f/CSP blocks, SiLU, SPPF, Concat, Resize, Split + DFL heads) at 320x320; its
+    # dims are dynamic in the file, so feeds fix them. Output [1, 22, 2100]: 4 box + 18 class scores.
+    Entry("yolov8n", "wheel", "YOLOv8n detector, trained (nudenet 3.4.2 320n.onnx, 18 classes)",
+          "images", (1, 3, 320, 320), Preprocess("fixed", (320, 320)), images="photos", image_size=(320, 320),
+          member="nudenet/320n.onnx",
+          sha256="c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f", **_NUDENET),
     Entry("transformer", "torch", "ViT-like, dim 192, 4 blocks, patch 16 (tests/models.py, untrained)",
           "input", (1, 3, 224, 224),
           Preprocess("short_crop", (224, 224), IMAGENET_MEAN, IMAGENET_STD, resize_short=256), images="photos"),
