@@ -202,8 +202,8 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike
 
     ma, mb = load_model(a, shapes), load_model(b, shapes)
     sa, sb = metrics.summarize(ma), metrics.summarize(mb)
-    ia = [v.name for v in ma.graph.inputs]
-    ib = [v.name for v in mb.graph.inputs]
+    ia = [v.name or "" for v in ma.graph.inputs]
+    ib = [v.name or "" for v in mb.graph.inputs]
     if sorted(ia) != sorted(ib):
         raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically")
     warnings: list[str] = []

@@ -253,17 +253,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | None, opts: dict[str, Any],
             console: Any) -> None:
     """Budgeted mixed precision: find which layers stay float, then the compile below uses them."""
-    from edgec import sensitivity
+    from edgec import mixed_precision
 
     if args.passes:
         raise EdgecError("--max-drop/--min-sqnr search the target's pipeline; drop --passes")
     if calib is None:
         raise EdgecError("--max-drop/--min-sqnr need --calib (part of it is held aside for evaluation)")
-    res = sensitivity.run_search(model, args.target or "cpu-int8", calib, max_drop=args.max_drop,
-                                 min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
-                                 out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
-                                 limit=args.calib_limit, preprocess=opts.get("preprocess"),
-                                 target_file=args.target_file)
+    res = mixed_precision.run_search(model, args.target or "cpu-int8", calib, max_drop=args.max_drop,
+                                     min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
+                                     out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
+                                     limit=args.calib_limit, preprocess=opts.get("preprocess"),
+                                     target_file=args.target_file)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if console is not None:
         console.print(res.message)

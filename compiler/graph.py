@@ -112,7 +112,7 @@ def _drop_if_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
     """Remove an initializer nothing reads any more, so figures after a pass are not inflated."""
     if value is None or not value.is_initializer() or value.uses() or value.is_graph_output():
         return
-    if value.is_graph_input():
+    if value.is_graph_input() or value.name is None:
         return
     if value.name in graph.initializers and graph.initializers[value.name] is value:
         graph.initializers.pop(value.name)

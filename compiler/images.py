@@ -156,8 +156,8 @@ def preprocess_image(img: np.ndarray, p: Preprocess) -> np.ndarray:
     """One RGB uint8 HxWx3 image -> a float32 tensor with a batch axis of 1."""
     from PIL import Image
 
-    resample = {"bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS, "box": Image.BOX,
-                "nearest": Image.NEAREST}[p.interpolation]
+    r = Image.Resampling
+    resample = {"bilinear": r.BILINEAR, "lanczos": r.LANCZOS, "box": r.BOX, "nearest": r.NEAREST}[p.interpolation]
     pil = Image.fromarray(img)
     h, w = img.shape[:2]
     if p.resize == "fixed":

@@ -161,7 +161,7 @@ def parse_spec(spec: str) -> Pass:
     if name not in reg:
         raise EdgecError(f"unknown pass '{name}'", hint="`edgec passes` lists them")
     cls = reg[name]
-    fields = [f for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]  # @register made it one
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     positional = iter(fields)
@@ -175,10 +175,10 @@ def parse_spec(spec: str) -> Pass:
                 raise EdgecError(f"pass '{name}' has no parameter '{key}'", hint=f"its parameters: {known}")
             field = match[0]
         else:
-            field = next(positional, None)  # type: ignore[assignment]
-            if field is None:
+            nxt = next(positional, None)
+            if nxt is None:
                 raise EdgecError(f"pass '{name}': too many parameters in {spec!r}")
-            val = raw
+            field, val = nxt, raw
         kwargs[field.name] = _convert(val, hints.get(field.name, str), name, field.name)
     try:
         return cls(**kwargs)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from edgec import metrics, model_io, runtime, targets
+from edgec import mixed_precision as MP
 from edgec import sensitivity as S
 from edgec.graph import const_array, set_input_const
 from edgec.manager import Manager
@@ -267,7 +268,7 @@ def test_bias_correct_removes_weight_rounding_shift(zoo):
     corrected = mgr.run(qm, [parse_spec("bias-correct")])
     details = mgr.records[-1].details
     rows = details["layers"]
-    assert rows[0]["corrected"] and rows[0]["bias"].startswith("int32" if S.has_quantize_pass() else "float")
+    assert rows[0]["corrected"] and rows[0]["bias"].startswith("int32")
     assert details["kept"] and details["sqnr_after_db"] > details["sqnr_before_db"]  # the guard measured it
     after = np.abs(shift(corrected))
     assert before.max() > 1e-2, before  # the shift is real before correction ...
@@ -349,7 +350,7 @@ def test_search_meets_budget_on_held_aside_data(digits_outlier, digits_data, dig
     fm, _, consumer = digits_outlier
     calib, ev, labels = digits_data
     acc = _accuracy_metric(labels)
-    res = S.search(fm, "cpu-int8", calib, ev, max_drop=0.5, metric=acc, out_dir=tmp_path, latency_runs=5,
+    res = MP.search(fm, "cpu-int8", calib, ev, max_drop=0.5, metric=acc, out_dir=tmp_path, latency_runs=5,
                    quantizer=digits_quantizer)
     all_int8 = res.table[0]
     assert all_int8.float_layers == [] and all_int8.drop > 0.5  # the budget is not met by plain int8
@@ -370,7 +371,7 @@ def test_search_unreachable_budget_still_writes_best(digits_outlier, digits_data
     calib, ev, _ = digits_data
     # Keeping every candidate float is the fp32 model (infinite SQNR), so the budget is made unreachable by
     # allowing at most 3 float layers.
-    res = S.search(fm, "cpu-int8", calib, ev, min_sqnr=200.0, max_steps=3, out_dir=tmp_path, latency_runs=5,
+    res = MP.search(fm, "cpu-int8", calib, ev, min_sqnr=200.0, max_steps=3, out_dir=tmp_path, latency_runs=5,
                    quantizer=digits_quantizer)
     assert not res.met
     assert "NOT met" in res.message and "3 of 7" in res.message
@@ -385,7 +386,7 @@ def test_search_unreachable_budget_still_writes_best(digits_outlier, digits_data
 def test_search_other_int8_targets(digits_outlier, digits_data, target):
     fm, _, consumer = digits_outlier
     calib, ev, _ = digits_data
-    res = S.search(fm, target, calib, ev, min_sqnr=30.0, latency_runs=5)
+    res = MP.search(fm, target, calib, ev, min_sqnr=30.0, latency_runs=5)
     assert res.met, res.message
     assert res.fallback_precision == "fp16"
     assert res.table[0].sqnr_db < 30.0 and consumer in res.exclude
@@ -396,9 +397,9 @@ def test_search_refuses_float_target_and_missing_budget(digits_data):
 
     calib, ev, _ = digits_data
     with pytest.raises(EdgecError, match="not an int8 target"):
-        S.search(DIGITS, "cpu-fp32", calib, ev, min_sqnr=30)
+        MP.search(DIGITS, "cpu-fp32", calib, ev, min_sqnr=30)
     with pytest.raises(EdgecError, match="budget"):
-        S.search(DIGITS, "cpu-int8", calib, ev)
+        MP.search(DIGITS, "cpu-int8", calib, ev)
     assert parse_pipeline("equalize,bias-correct")  # both passes are registered
 
 
@@ -408,7 +409,7 @@ def test_cli_entry_points_write_their_files(tmp_path):
     res = S.run_sensitivity(DIGITS, "cpu-int8", npz, limit=16, out_dir=tmp_path / "sens")
     assert {p.name for p in (tmp_path / "sens").iterdir()} == {"sensitivity.json", "sensitivity.txt", "sensitivity.svg"}
     assert res.int8_sqnr_db < 60 and len(res.rows) == 7  # 5 weighted layers, the residual Add, the pooling
-    found = S.run_search(DIGITS, "cpu-int8", npz, limit=16, min_sqnr=10.0, out_dir=tmp_path / "mp")
+    found = MP.run_search(DIGITS, "cpu-int8", npz, limit=16, min_sqnr=10.0, out_dir=tmp_path / "mp")
     assert found.met and len(found.table) == 1  # plain int8 already meets 10 dB: no layer kept float
     assert (tmp_path / "mp" / "mixed_precision.onnx").exists()
     cal, ev, _ = S.split_feeds(model_io.load(DIGITS), npz, limit=16)
