@@ -19,7 +19,8 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.graph import attr, const_array, set_input_const
-from edgec.passes.prune.groups import BINARY, Analysis, Group, analyze, slice_params
+from edgec.passes.prune.groups import Analysis, Group, analyze
+from edgec.passes.prune.links import BINARY, slice_params
 
 
 @dataclasses.dataclass
