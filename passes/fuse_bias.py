@@ -33,7 +33,7 @@ class FuseBias(Pass):
                     continue
                 if len(producer.inputs) < 2 or const_array(producer.inputs[1]) is None:
                     continue
-                if _fold(producer, c):
+                if fold_bias_add(producer, c):
                     bypass(add, keep=k)
                     fused.append({"node": add.name, "into": producer.name or producer.op_type})
                     break
@@ -44,7 +44,7 @@ class FuseBias(Pass):
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _channel_vector(c: np.ndarray, channels: int, axis_from_end: int, out_rank: int) -> np.ndarray | None:
+def channel_vector(c: np.ndarray, channels: int, axis_from_end: int, out_rank: int) -> np.ndarray | None:
     """``c`` as a [channels] vector if it broadcasts along the channel axis only, else None."""
     if c.ndim > out_rank:
         return None
@@ -57,7 +57,7 @@ def _channel_vector(c: np.ndarray, channels: int, axis_from_end: int, out_rank: 
     return np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float64)
 
 
-def _fold(node: ir.Node, c: np.ndarray) -> bool:
+def fold_bias_add(node: ir.Node, c: np.ndarray) -> bool:
     w = const_array(node.inputs[1])
     out = node.outputs[0]
     if w is None or out.shape is None:
@@ -65,12 +65,12 @@ def _fold(node: ir.Node, c: np.ndarray) -> bool:
     rank = len(out.shape)
     if node.op_type in ("Conv", "ConvTranspose"):
         channels = w.shape[0] if node.op_type == "Conv" else w.shape[1] * int(attr(node, "group", 1))
-        vec = _channel_vector(c, channels, rank - 1, rank)
+        vec = channel_vector(c, channels, rank - 1, rank)
         bias_index = 2
     elif node.op_type == "Gemm":
         trans_b = int(attr(node, "transB", 0))
         channels = w.shape[0] if trans_b else w.shape[1]
-        vec = _channel_vector(c, channels, 1, 2)
+        vec = channel_vector(c, channels, 1, 2)
         beta = float(attr(node, "beta", 1.0))
         old = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         if old is not None and old.size not in (1, channels):
@@ -85,7 +85,7 @@ def _fold(node: ir.Node, c: np.ndarray) -> bool:
         a = node.inputs[0]
         if w.ndim != 2 or a is None or a.shape is None or len(a.shape) != 2:
             return False
-        vec = _channel_vector(c, w.shape[1], 1, 2)
+        vec = channel_vector(c, w.shape[1], 1, 2)
         if vec is None:
             return False
         node.op_type = "Gemm"
