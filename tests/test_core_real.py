@@ -58,7 +58,7 @@ def test_ppocr_det_constant_weights_become_initializers(zoo, zoo_path):
     # PP-LCNetV3's learnable affine blocks (a scalar Mul + Add after each Conv and activation) fold into
     # the neighbouring convolutions wherever that is exact.
     fa = next(r for r in res.records if r.name == "fuse-affine")
-    assert len(fa.details["fused"]) >= 80 and res.records[-1].summary.nodes <= 240
+    assert len(fa.details["fused"]) >= 60 and res.records[-1].summary.nodes <= 210
     # The text map really fires on these images (else "unchanged" would mean nothing).
     prob = res.context.cache["reference_outputs"][0]["sigmoid_0.tmp_0"]
     assert (prob > 0.3).mean() > 0.005

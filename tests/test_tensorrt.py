@@ -92,6 +92,17 @@ def _set_init(proto: onnx.ModelProto, name: str, array: np.ndarray) -> None:
     t.CopyFrom(onh.from_array(array, name))
 
 
+def _own_init(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], slot: int, array: np.ndarray) -> None:
+    """Point input ``slot`` of ``nodes`` at a new initializer: the quantizer shares scales and zero points
+    between Q/DQ nodes, and a seeded mistake must touch only the nodes the test names."""
+    name = f"seed_{nodes[0].name}_{slot}"
+    proto.graph.initializer.append(onh.from_array(array, name))
+    for n in nodes:
+        while len(n.input) <= slot:
+            n.input.append("")
+        n.input[slot] = name
+
+
 def _node(proto: onnx.ModelProto, op: str, pred=lambda n: True) -> onnx.NodeProto:
     return next(n for n in proto.graph.node if n.op_type == op and pred(n))
 
@@ -346,9 +357,10 @@ def test_lint_error_is_loud_in_emit(cpu_int8_resnet, tmp_path):
 def test_rule_asymmetric_zero_point(compiled):
     proto = _proto(compiled, "resnet18")
     q = _node(proto, "QuantizeLinear", lambda n: n.input[0] == "/stem/stem.3/MaxPool_output_0")
-    _set_init(proto, q.input[2], np.array(5, np.int8))
+    dq = _node(proto, "DequantizeLinear", lambda n: n.input[0] == q.output[0])
+    _own_init(proto, [q, dq], 2, np.array(5, np.int8))
     found = [f for f in _lint(proto) if f.rule == "qdq-dtype"]
-    assert {f.node for f in found} == {q.name, _node(proto, "DequantizeLinear", lambda n: n.input[2] == q.input[2]).name}
+    assert {f.node for f in found} == {q.name, dq.name}
     assert all(f.severity == "error" and "zero point [5]" in f.message for f in found)
 
 
@@ -394,9 +406,9 @@ def test_rule_per_tensor_weights(compiled):
     w = onh.to_array(_init(proto, dq.input[0])).astype(np.float32) * \
         onh.to_array(_init(proto, dq.input[1])).reshape(-1, 1, 1, 1)
     s = np.abs(w).max() / 127
-    _set_init(proto, dq.input[0], np.clip(np.round(w / s), -127, 127).astype(np.int8))
-    _set_init(proto, dq.input[1], np.array(s, np.float32))
-    _set_init(proto, dq.input[2], np.array(0, np.int8))
+    _own_init(proto, [dq], 0, np.clip(np.round(w / s), -127, 127).astype(np.int8))
+    _own_init(proto, [dq], 1, np.array(s, np.float32))
+    _own_init(proto, [dq], 2, np.array(0, np.int8))
     found = [f for f in _lint(proto) if f.severity == "error"]
     assert [(f.rule, f.node) for f in found] == [("weight-per-channel", conv.name)]
     assert "per tensor" in found[0].message
@@ -409,9 +421,9 @@ def test_rule_per_channel_on_wrong_axis(compiled):
     w = onh.to_array(_init(proto, dq.input[0])).astype(np.float32) * \
         onh.to_array(_init(proto, dq.input[1])).reshape(-1, 1, 1, 1)
     s = np.abs(w).max(axis=(0, 2, 3)) / 127  # per input channel: a transposed-weight mistake
-    _set_init(proto, dq.input[0], np.clip(np.round(w / s.reshape(1, -1, 1, 1)), -127, 127).astype(np.int8))
-    _set_init(proto, dq.input[1], s.astype(np.float32))
-    _set_init(proto, dq.input[2], np.zeros(s.size, np.int8))
+    _own_init(proto, [dq], 0, np.clip(np.round(w / s.reshape(1, -1, 1, 1)), -127, 127).astype(np.int8))
+    _own_init(proto, [dq], 1, s.astype(np.float32))
+    _own_init(proto, [dq], 2, np.zeros(s.size, np.int8))
     for a in dq.attribute:
         if a.name == "axis":
             a.i = 1
