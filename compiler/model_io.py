@@ -57,6 +57,7 @@ def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = No
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on malformed input
         raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}", hint="re-export the model") from None
+    _negative_dims_are_dynamic(model)
     # External tensors are resolved relative to the model's folder, lazily (memory-mapped on use).
     for init in model.graph.initializers.values():
         tensor = init.const_value
@@ -68,6 +69,15 @@ def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = No
     if shapes:
         pin_shapes(model, shapes, source=str(p))
     return model
+
+
+def _negative_dims_are_dynamic(model: ir.Model) -> None:
+    """Paddle exports write dim_value -1 for a dynamic dim. ONNX means a symbolic or unknown dim there, and
+    shape inference treats -1 as a fixed size that then "differs" from every real one: make them unknown."""
+    values = [*model.graph.inputs, *model.graph.outputs, *(o for n in model.graph for o in n.outputs)]
+    for v in values:
+        if v.shape is not None and any(isinstance(d, int) and d < 0 for d in v.shape):
+            v.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in v.shape])
 
 
 _REEXPORT = "the file is not a valid ONNX graph: re-export it (onnx.checker.check_model shows the details)"

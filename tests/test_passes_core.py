@@ -192,3 +192,24 @@ def test_ensure_opset_upgrades():
     model = graphs.conv_bn()
     up = model_io.ensure_opset(model, 17)
     assert up.opset_imports[""] == 17
+
+
+def test_paddle_minus_one_dims_are_dynamic(tmp_path):
+    # Paddle writes dim_value -1 for dynamic dims; pinning the input must not leave the output's -1 to clash
+    # with the inferred size in the checker (ppocr-cls failed in `fold` this way).
+    import onnx
+    from onnx import TensorProto, helper
+
+    import edgec
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+                              "g", [x], [y])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "paddle_dims.onnx"
+    onnx.save(proto, str(path))
+    feeds = [{"x": np.ones((2, 4), np.float32)}]
+    res = edgec.compile(path, target="cpu-fp32", samples=feeds, shapes={"x": (2, 4)})
+    assert [n.op_type for n in res.model.graph] == ["Relu"]
+    assert list(res.model.graph.outputs[0].shape) == [2, 4]
