@@ -68,6 +68,11 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
             arts.notes.append(f"int8: {len(float_ops)} ops compute in float (no int8 TFLite kernel, or the QDQ "
                               "graph left them unquantized)")
     lite = LiteRTModel(data, model, keep_nchw_io=keep)
+    parts, outside = lite.xnnpack_partitions()
+    arts.figures["xnnpack_partitions"] = parts
+    if parts != 1:
+        arts.notes.append(f"XNNPACK runs the model in {parts} partitions; ops at the boundaries run on TFLite's "
+                          f"own kernels: {outside}")
     if samples:
         got = [lite.run(feed) for feed in samples]
         # Exactness of the conversion: the ONNX graph handed to the backend, evaluated op by op.
@@ -193,6 +198,21 @@ class LiteRTModel:
         self.out_names = [v.name for v in model.graph.outputs]
         self.keep = keep_nchw_io
         self.threads = threads
+
+    def xnnpack_partitions(self) -> tuple[int, dict[str, int]]:
+        """How many DELEGATE nodes LiteRT made (1: XNNPACK runs every op), and a histogram of the ops
+        TFLite's own kernels run that feed a partition or write a model output (a tensor a delegate
+        reads, or a model output, that no delegate produces comes from such an op)."""
+        ops = self.interp._get_ops_details()
+        delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+        produced = {int(t) for d in delegates for t in d["outputs"]}
+        wanted = {int(t) for d in delegates for t in d["inputs"]} | {int(d["index"]) for d in self.outputs}
+        outside: dict[str, int] = {}
+        for o in ops:
+            outs = {int(t) for t in o["outputs"]}
+            if o["op_name"] != "DELEGATE" and outs & wanted and not outs & produced:
+                outside[o["op_name"]] = outside.get(o["op_name"], 0) + 1
+        return len(delegates), outside
 
     def _perm(self, rank: int) -> tuple[int, ...]:
         return layout.identity(rank) if self.keep else layout.preferred(rank)

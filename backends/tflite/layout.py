@@ -82,6 +82,55 @@ def flatten_order(perm: Perm, shape: Sequence[int]) -> np.ndarray:
     return np.transpose(idx, perm).reshape(-1)
 
 
+
+def reshape_layout(perm: Perm, in_shape: Sequence[int], out_shape: Sequence[int]) -> Perm | None:
+    """A layout for the output of an ONNX Reshape such that reshaping the *stored* input (layout
+    ``perm``) gives the output in that layout, so no TRANSPOSE is needed; None when there is none.
+
+    The axes of size > 1 on both sides are cut into groups of equal product (a merge, a split or a
+    kept axis each). When every group's input axes lie together and in ONNX order in the stored
+    tensor, the stored bytes are the output's groups in that stored order, e.g. NHWC [N,C,H,W] ->
+    [N,C,H*W] is stored as [N,H*W,C] (layout 0,2,1). Size-1 axes hold no data and keep their places.
+    """
+    ins = [i for i, d in enumerate(in_shape) if d != 1]
+    outs = [i for i, d in enumerate(out_shape) if d != 1]
+    group_of: dict[int, int] = {}
+    out_groups: list[list[int]] = []
+    i = j = 0
+    while i < len(ins) or j < len(outs):
+        if i >= len(ins) or j >= len(outs):
+            return None
+        gi, gj = [ins[i]], [outs[j]]
+        pi, pj = in_shape[ins[i]], out_shape[outs[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(ins):
+                gi.append(ins[i])
+                pi, i = pi * in_shape[ins[i]], i + 1
+            elif pj < pi and j < len(outs):
+                gj.append(outs[j])
+                pj, j = pj * out_shape[outs[j]], j + 1
+            else:
+                return None
+        for a in gi:
+            group_of[a] = len(out_groups)
+        out_groups.append(gj)
+    stored = [p for p in perm if in_shape[p] != 1]
+    order: list[int] = []
+    k = 0
+    while k < len(stored):
+        g = group_of[stored[k]]
+        run = [a for a in stored[k:] if group_of[a] == g]
+        if stored[k:k + len(run)] != sorted(run) or g in order:
+            return None
+        order.append(g)
+        k += len(run)
+    derived = [a for g in order for a in out_groups[g]]
+    result = list(range(len(out_shape)))
+    for pos, ax in zip(outs, derived):
+        result[pos] = ax
+    return tuple(result)
+
 # -- padding ------------------------------------------------------------------------------------------
 def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int, int]:
     """TFLite SAME: output ceil(size/stride), total padding split with the extra element at the end."""

@@ -4,6 +4,12 @@ A handler reads its node's attributes, asks the Converter (converter.py) for its
 and number type it needs, and writes its output with ``Converter.emit``. Rewrites chosen for speed or
 for an int8 kernel are explained where they happen (explicit PAD before SAME-incompatible convs,
 Flatten -> FULLY_CONNECTED with permuted weights, HardSigmoid as MUL/ADD+RELU6/MUL, x / c as x * 1/c).
+
+LiteRT hands the graph to XNNPACK, which takes most builtins but not SPLIT_V, PADV2 or
+RESIZE_NEAREST_NEIGHBOR (nor int8 BATCH_MATMUL / SOFTMAX / GELU in ai-edge-litert 2.3). Each op it
+refuses cuts the graph into another partition run partly by TFLite's own kernels, so Split, MaxPool
+padding and integer nearest upsampling are written with ops XNNPACK takes (SPLIT/SLICE, PAD,
+RESHAPE+CONCATENATION); transformer ops are in ops_transformer.py.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from .converter import (
     ints,
     too_coarse,
 )
+from .ops_transformer import gelu_pattern, layer_norm
 from .writer import ActFn, BuiltinOp, Padding, Quant, options
 
 
@@ -132,12 +139,15 @@ def pad_nhwc(cv: Converter, idx: int, pads: list[tuple[int, int]], name: str, va
 
 
 def conv_transpose(cv: Converter, node: ir.Node) -> None:
+    """TRANSPOSE_CONV; groups > 1 as SPLIT -> one TRANSPOSE_CONV per group -> CONCATENATION (the op has
+    no group field). Dilation has no TFLite form and stays an error."""
     x, w = node.inputs[0], node.inputs[1]
     bias_v = node.inputs[2] if len(node.inputs) > 2 else None
     xs, ws_ = cv.shape(x), cv.shape(w)
-    if len(xs) != 4 or attr(node, "group", 1) != 1 or any(d != 1 for d in ints(node, "dilations", 2, 1)):
-        raise EdgecError(f"node '{node.name}': ConvTranspose other than 2-D, group 1, dilation 1 has no "
-                         "TFLite mapping")
+    group = int(attr(node, "group", 1))
+    if len(xs) != 4 or any(d != 1 for d in ints(node, "dilations", 2, 1)):
+        raise EdgecError(f"node '{node.name}': ConvTranspose other than 2-D with dilation 1 has no TFLite mapping",
+                         hint="TRANSPOSE_CONV has no dilation")
     strides = ints(node, "strides", 2, 1)
     kernel = ws_[2:]
     out_shape = cv.shape(node.outputs[0])
@@ -148,9 +158,6 @@ def conv_transpose(cv: Converter, node: ir.Node) -> None:
     q = cv.quant_mode([x], out_v)
     q_in = cv.quant_of(x) if q else None
     xin = cv.act(x, L.NHWC, "int8" if q else "float")
-    # ONNX ConvTranspose W is [C_in, C_out, kh, kw]; TFLite TRANSPOSE_CONV wants [C_out, kh, kw, C_in].
-    wt, wsc = cv.weight_tensor(w, bool(q), 1, (1, 2, 3, 0), f"{node.name}_w")
-    bt = cv.bias(bias_v, ws_[1], q_in, wsc, f"{node.name}_b", optional=True)
     oh, ow = out_shape[2], out_shape[3]
     crop = None
     if begins == [0, 0] and [oh, ow] <= full:
@@ -163,17 +170,60 @@ def conv_transpose(cv: Converter, node: ir.Node) -> None:
         crop = begins
     opts = options("TransposeConvOptionsT", padding=padding, strideH=strides[0], strideW=strides[1],
                    fusedActivationFunction=act_fn)
-    ins = [cv.b.i32(f"{node.name}_oshape", tshape), wt, xin, bt]
-    if crop is None:
-        cv.emit(BuiltinOp.TRANSPOSE_CONV, ins, out_v, L.NHWC, q, opts)
+    dtype = I8 if q else F32
+    target = cv.b.tensor(f"{node.name}_full", tshape, dtype, q) if crop is not None else None
+    if group == 1:
+        # ONNX ConvTranspose W is [C_in, C_out, kh, kw]; TFLite TRANSPOSE_CONV wants [C_out, kh, kw, C_in].
+        wt, wsc = cv.weight_tensor(w, bool(q), 1, (1, 2, 3, 0), f"{node.name}_w")
+        bt = cv.bias(bias_v, ws_[1], q_in, wsc, f"{node.name}_b", optional=True)
+        ins = [cv.b.i32(f"{node.name}_oshape", tshape), wt, xin, bt]
+        if target is None:
+            cv.emit(BuiltinOp.TRANSPOSE_CONV, ins, out_v, L.NHWC, q, opts)
+        else:
+            cv.b.op(BuiltinOp.TRANSPOSE_CONV, ins, [target], opts)
     else:
-        mid = cv.b.tensor(f"{node.name}_full", tshape, I8 if q else F32, q)
-        cv.b.op(BuiltinOp.TRANSPOSE_CONV, ins, [mid], opts)
+        pieces = _grouped_transpose_conv(cv, node, xin, group, tshape, q, q_in, opts)
+        cat = options("ConcatenationOptionsT", axis=3)
+        if target is None:
+            cv.emit(BuiltinOp.CONCATENATION, pieces, out_v, L.NHWC, q, cat)
+        else:
+            cv.b.op(BuiltinOp.CONCATENATION, pieces, [target], cat)
+    if target is not None:
         begin = [0, crop[0], crop[1], 0]
         size = [tshape[0], oh, ow, tshape[3]]
-        cv.emit(BuiltinOp.SLICE, [mid, cv.b.i32(f"{node.name}_cb", begin), cv.b.i32(f"{node.name}_cs", size)],
+        cv.emit(BuiltinOp.SLICE, [target, cv.b.i32(f"{node.name}_cb", begin), cv.b.i32(f"{node.name}_cs", size)],
                 out_v, L.NHWC, q, options("SliceOptionsT"))
     cv.absorb(fused)
+
+
+def _grouped_transpose_conv(cv: Converter, node: ir.Node, xin: int, group: int, tshape: tuple[int, ...],
+                            q: Quant | None, q_in: Quant | None, opts) -> list[int]:
+    """One TRANSPOSE_CONV per group on its SPLIT slice of the input channels; returns the group outputs.
+    ONNX W is [C_in, C_out / group, kh, kw]: group g reads input channels and W rows g*C_in/group..."""
+    w, bias_v = node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
+    info = cv.b.info[xin]
+    cin_g, cout_g = info.shape[3] // group, cv.shape(w)[1]
+    parts = [cv.b.tensor(f"{node.name}_in{g}", info.shape[:3] + (cin_g,), info.dtype, info.quant) for g in range(group)]
+    cv.b.op(BuiltinOp.SPLIT, [cv.b.i32(f"{node.name}_axis", 3), xin], parts, options("SplitOptionsT", numSplits=group))
+    if q:
+        w_all, w_scale = cv.int8_weights(w, 1)  # one scale per output channel of a group, shared by the groups
+    else:
+        w_all, w_scale = cv.const(w), None
+    b_all = cv.const(bias_v) if bias_v is not None else None
+    oshape = cv.b.i32(f"{node.name}_oshape", tshape[:3] + (cout_g,))
+    outs = []
+    for g in range(group):
+        wg = np.ascontiguousarray(np.transpose(w_all[g * cin_g:(g + 1) * cin_g], (1, 2, 3, 0)))
+        if q:
+            wt = cv.b.const(f"{node.name}_w{g}", wg, Quant(tuple(w_scale.tolist()), (0,) * cout_g, 0))
+        else:
+            wt = cv.fconst(f"{node.name}_w{g}", wg)
+        real = None if b_all is None else b_all.reshape(-1)[g * cout_g:(g + 1) * cout_g]
+        bt = cv.bias(None, cout_g, q_in, w_scale, f"{node.name}_b{g}", optional=True, real=real)
+        o = cv.b.tensor(f"{node.name}_out{g}", tshape[:3] + (cout_g,), I8 if q else F32, q)
+        cv.b.op(BuiltinOp.TRANSPOSE_CONV, [oshape, wt, parts[g], bt], [o], opts)
+        outs.append(o)
+    return outs
 
 
 def gemm(cv: Converter, node: ir.Node) -> None:
@@ -251,7 +301,7 @@ _BINARY = {
 
 
 def binary(cv: Converter, node: ir.Node) -> None:
-    if hard_swish_pattern(cv, node):
+    if hard_swish_pattern(cv, node) or gelu_pattern(cv, node):
         return
     code, opt_name = _BINARY[node.op_type]
     a, b = node.inputs[0], node.inputs[1]
@@ -439,6 +489,10 @@ def pool(cv: Converter, node: ir.Node) -> None:
     xin = cv.act(x, L.NHWC, "int8" if q else "float")
     if padding is None:
         fill = float(np.finfo(np.float32).min) if is_max else None
+        if is_max and _never_below_pad_zero(cv, x, xin):
+            # Zero padding is as good as -inf for a max over non-negative values, and PAD (unlike
+            # PADV2) stays inside the XNNPACK delegate.
+            fill = None
         xin = pad_nhwc(cv, xin, pads, node.name, fill)
         padding = "VALID"
     opts = options("Pool2DOptionsT", padding=Padding.SAME if padding == "SAME" else Padding.VALID,
@@ -454,6 +508,16 @@ def pool(cv: Converter, node: ir.Node) -> None:
     cv.emit(BuiltinOp.MUL, [mid, cv.fconst(f"{node.name}_count", rescale.reshape(1, os_[2], os_[3], 1))],
             out_v, L.NHWC, None, options("MulOptionsT", fusedActivationFunction=act_fn))
     cv.absorb(fused)
+
+
+def _never_below_pad_zero(cv: Converter, x: ir.Value, idx: int) -> bool:
+    """Whether PAD's fill (0, or the zero point in int8) is <= every value of ``x``: an int8 tensor
+    whose zero point is -128, or the output of a Relu / Clip(min >= 0)."""
+    quant = cv.b.info[idx].quant
+    if quant is not None:
+        return quant.zero_point[0] == -128
+    p = x.producer()
+    return p is not None and (p.op_type == "Relu" or (p.op_type == "Clip" and clip_bounds(cv, p)[0] >= 0))
 
 
 def _window_counts(n: int, k: int, stride: int, begin: int, out: int, bounds: tuple[int, int]) -> np.ndarray:
@@ -542,10 +606,17 @@ def reshape_like(cv: Converter, node: ir.Node) -> None:
             idx = cv.requantize(idx, q, (out.name or "flat") + "_rq")
         cv.slots[out] = Slot(idx, L.identity(2), out_shape, flat)
         return
-    perm = s.perm if L.reshape_keeps_order(s.perm, s.shape) else L.identity(len(s.shape))
-    src = cv.act(x, perm, want)
-    cv.emit(BuiltinOp.RESHAPE, [src, cv.b.i32(f"{node.name}_shape", out_shape)], out, L.identity(len(out_shape)),
-            q, options("ReshapeOptionsT", newShape=np.asarray(out_shape, dtype=np.int32)),
+    # Reshape the stored tensor directly when its layout allows (e.g. NHWC [N,C,H,W] -> [N,C,H*W]
+    # becomes [N,H*W,C], the token layout a ViT reads next); otherwise go through the ONNX layout.
+    out_perm = L.reshape_layout(s.perm, s.shape, out_shape) if s.flat is None else None
+    if out_perm is not None:
+        src = cv.act(x, s.perm, want)
+    else:
+        out_perm = L.identity(len(out_shape))
+        src = cv.act(x, s.perm if L.reshape_keeps_order(s.perm, s.shape) else L.identity(len(s.shape)), want)
+    tshape = L.shape_in(out_perm, out_shape)
+    cv.emit(BuiltinOp.RESHAPE, [src, cv.b.i32(f"{node.name}_shape", tshape)], out, out_perm,
+            q, options("ReshapeOptionsT", newShape=np.asarray(tshape, dtype=np.int32)),
             required=cv.quant_of(x) if q else None)
 
 
@@ -673,6 +744,11 @@ def resize(cv: Converter, node: ir.Node) -> None:
                 raise EdgecError(f"node '{node.name}': Resize nearest with {ctm}/{nearest_mode} at a non-integer "
                                  "scale has no TFLite mapping")
             align, half = False, False  # an integer upscale picks the same source pixel under every rule
+        ratio = [o / i for o, i in zip(os_[2:], xs[2:])]
+        if all(r == int(r) and r >= 1 for r in ratio) and ratio != [1, 1] and (
+                ctm != "align_corners" or all(r == 1 for r in ratio)):
+            _nearest_by_copies(cv, node, xin, [int(r) for r in ratio], q)
+            return
         opts = options("ResizeNearestNeighborOptionsT", alignCorners=align, halfPixelCenters=half)
         code = BuiltinOp.RESIZE_NEAREST_NEIGHBOR
     elif mode == "linear":
@@ -682,6 +758,33 @@ def resize(cv: Converter, node: ir.Node) -> None:
         raise EdgecError(f"node '{node.name}': Resize mode '{mode}' has no TFLite mapping",
                          hint="nearest and linear are converted")
     cv.emit(code, [xin, size], out, L.NHWC, q, opts, required=cv.quant_of(x) if q else None)
+
+
+def _nearest_by_copies(cv: Converter, node: ir.Node, xin: int, ratio: list[int], q: Quant | None) -> None:
+    """Nearest upsampling by integer factors as RESHAPE + CONCATENATION of copies: out[y, x] =
+    in[y // rh, x // rw] exactly. XNNPACK has no RESIZE_NEAREST_NEIGHBOR, and one op outside the
+    delegate splits the graph into partitions run partly by TFLite's own kernels."""
+    info = cv.b.info[xin]
+    n, h, w, c = info.shape
+    rh, rw = ratio
+
+    def tensor(suffix: str, shape: tuple[int, ...]) -> int:
+        return cv.b.tensor(f"{node.name}_{suffix}", shape, info.dtype, info.quant)
+
+    cur = cv.reshape(xin, (n, h, w, 1, c), f"{node.name}_r0")
+    if rw > 1:
+        wide = tensor("w", (n, h, w, rw, c))
+        cv.b.op(BuiltinOp.CONCATENATION, [cur] * rw, [wide], options("ConcatenationOptionsT", axis=3))
+        cur = wide
+    cur = cv.reshape(cur, (n, h, 1, w * rw, c), f"{node.name}_r1")
+    if rh > 1:
+        tall = tensor("h", (n, h, rh, w * rw, c))
+        cv.b.op(BuiltinOp.CONCATENATION, [cur] * rh, [tall], options("ConcatenationOptionsT", axis=2))
+        cur = tall
+    out_shape = (n, h * rh, w * rw, c)
+    cv.emit(BuiltinOp.RESHAPE, [cur, cv.b.i32(f"{node.name}_shape", out_shape)], node.outputs[0], L.NHWC, q,
+            options("ReshapeOptionsT", newShape=np.asarray(out_shape, dtype=np.int32)),
+            required=info.quant if q else None)
 
 
 def split(cv: Converter, node: ir.Node) -> None:
@@ -697,8 +800,20 @@ def split(cv: Converter, node: ir.Node) -> None:
     taxis = L.axis_in(s.perm, axis)
     outs = [cv.b.tensor(o.name or "split", L.shape_in(s.perm, cv.shape(o)), info.dtype, info.quant)
             for o in node.outputs]
-    cv.b.op(BuiltinOp.SPLIT_V, [src, cv.b.i32(f"{node.name}_sizes", sizes), cv.b.i32(f"{node.name}_axis", [taxis])],
-            outs, options("SplitVOptionsT", numSplits=len(outs)))
+    # XNNPACK takes SPLIT and SLICE but not SPLIT_V: an op outside the delegate cuts the graph into
+    # partitions and runs on TFLite's own kernels (yolo's C2f and DFL splits did).
+    if len(set(sizes)) == 1:
+        cv.b.op(BuiltinOp.SPLIT, [cv.b.i32(f"{node.name}_axis", taxis), src], outs,
+                options("SplitOptionsT", numSplits=len(outs)))
+    else:
+        begin = 0
+        for idx, size in zip(outs, sizes):
+            starts = [0] * len(info.shape)
+            starts[taxis] = begin
+            cv.b.op(BuiltinOp.SLICE, [src, cv.b.i32(f"{node.name}_begin{begin}", starts),
+                                      cv.b.i32(f"{node.name}_size{begin}", cv.b.info[idx].shape)], [idx],
+                    options("SliceOptionsT"))
+            begin += size
     for o, idx, q in zip(node.outputs, outs, outs_q):
         if q_all and q is not None:
             idx = cv.requantize(idx, q, (o.name or "split") + "_rq")
@@ -789,4 +904,5 @@ HANDLERS: dict[str, Callable[[Converter, ir.Node], None]] = {
     "Slice": slice_,
     "ReduceMean": reduce, "ReduceMax": reduce, "ReduceSum": reduce,
     "BatchNormalization": batchnorm,
+    "LayerNormalization": layer_norm,
 }

@@ -77,6 +77,7 @@ _OPTIONS_TYPE: dict[str, int] = {
     "MaximumMinimumOptionsT": Options.MaximumMinimumOptions,
     "ExpandDimsOptionsT": Options.ExpandDimsOptions,
     "CastOptionsT": Options.CastOptions,
+    "GeluOptionsT": Options.GeluOptions,
 }
 
 
