@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--dw-max-error", type=float, help="depthwise: per-layer SQNR floor in dB")
     pr.add_argument("--dw-min-macs", type=float, help="depthwise: only layers with at least this fraction of the MACs (0.02 = 2%%)")
     pr.add_argument("--dw-layers", action="append", help="depthwise: node name patterns to consider")
+    pr.add_argument("--dw-latency", action="store_true",
+                    help="depthwise: keep a replacement only if ONNX Runtime runs the pair faster than the conv")
     tf = c.add_argument_group("TFLite")
     tf.add_argument("--io", choices=["int8", "float"], help="tflite-int8: quantized or float model inputs/outputs")
     tf.add_argument("--keep-nchw-io", action="store_true", help="tflite: keep ONNX (NCHW) layout at the boundary")
@@ -168,7 +170,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "io"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
-    for key in ("bias_correct", "keep_nchw_io", "equalize"):
+    for key in ("bias_correct", "keep_nchw_io", "equalize", "dw_latency"):
         if getattr(args, key):
             opts[key] = True
     profile = _trt_profile(args)

@@ -208,12 +208,16 @@ def test_layer_patterns_and_mac_share():
 def test_options_fill_unset_fields_and_fields_win():
     opts = {"dw_rank": 9, "dw_layers": "conv_a"}
     _, rec, _ = run(two_conv_graph(), "depthwise", [], options=opts)
-    assert rec.details["settings"] == {"rank": 9, "max_error": 30.0, "min_macs": 0.0, "layers": ["conv_a"]}
+    assert rec.details["settings"] == {"rank": 9, "max_error": 30.0, "min_macs": 0.0, "layers": ["conv_a"],
+                                      "latency": False}
     assert [d["decision"] for d in rec.details["layers"]] == ["replaced", "skipped"]
-    _, rec, _ = run(two_conv_graph(), "depthwise:rank=1:layers=conv_b", [], options={**opts, "dw_max_error": 20})
-    assert rec.details["settings"] == {"rank": 1, "max_error": 20.0, "min_macs": 0.0, "layers": ["conv_b"]}
-    p = parse_spec("depthwise:rank=3:max_error=25:layers=head*+neck*:refit=false")
-    assert (p.rank, p.max_error, p.layers, p.refit) == (3, 25.0, ("head*", "neck*"), False)
+    _, rec, _ = run(two_conv_graph(), "depthwise:rank=1:layers=conv_b", [],
+                    options={**opts, "dw_max_error": 20, "dw_latency": True})
+    assert rec.details["settings"] == {"rank": 1, "max_error": 20.0, "min_macs": 0.0, "layers": ["conv_b"],
+                                      "latency": True}
+    p = parse_spec("depthwise:rank=3:max_error=25:layers=head*+neck*:refit=false:latency=true:als_rounds=3")
+    assert (p.rank, p.max_error, p.layers, p.refit, p.latency, p.als_rounds) == (3, 25.0, ("head*", "neck*"), False,
+                                                                                   True, 3)
     with pytest.raises(EdgecError, match="min_macs"):
         run(two_conv_graph(), "depthwise:min_macs=5", [])
 
@@ -242,7 +246,7 @@ def test_refit_beats_plain_svd_on_real_images(detector, detector_feeds):
     ref = outputs(model_io.load(detector), evaluation)
     results = {}
     for refit in (False, True):
-        out, rec, _ = run(model_io.load(detector), f"depthwise:rank=5:refit={refit}:whiten=false",
+        out, rec, _ = run(model_io.load(detector), f"depthwise:rank=5:refit={refit}:whiten=false:als_rounds=0",
                           calib[:2], calib=calib)
         layers = [d for d in rec.details["layers"] if d["decision"] == "replaced"]
         assert len(layers) == 11  # every 3x3 conv of the detector
@@ -258,6 +262,44 @@ def test_refit_beats_plain_svd_on_real_images(detector, detector_feeds):
                           for k in ("output_0", "output_1")]
     # End to end, on images the calibration never saw (measured: +4.9 and +6.8 dB).
     assert all(t > f + 3.0 for t, f in zip(results[True], results[False])), results
+
+
+def test_als_fit_beats_the_previous_fit_on_real_images(detector, detector_feeds):
+    """ALS on the real input covariance (with the bias correction) against the best of SVD / whitened / refit:
+    per layer on held-out calibration feeds, and end to end on images the calibration never saw."""
+    calib, evaluation = detector_feeds
+    ref = outputs(model_io.load(detector), evaluation)
+    sqnr, e2e = {}, {}
+    for rounds in (0, 2):
+        out, rec, _ = run(model_io.load(detector), f"depthwise:rank=3:layers=/stem*:als_rounds={rounds}",
+                          calib[:2], calib=calib)
+        layers = [d for d in rec.details["layers"] if d["decision"] == "replaced"]
+        assert len(layers) == 3
+        sqnr[rounds] = np.array([d["sqnr_db"] for d in layers])
+        if rounds:
+            assert sum(d["method"] == "als" for d in layers) >= 2
+        e2e[rounds] = np.array([v["sqnr_db"] for v in drift(ref, outputs(out, evaluation)).per_output.values()])
+    # Measured: +3.3, +2.0, +0.4 dB per layer; +1.0 and +1.4 dB on the two outputs.
+    assert np.all(sqnr[2] >= sqnr[0]) and np.mean(sqnr[2] - sqnr[0]) > 1.0, sqnr
+    assert np.all(e2e[2] > e2e[0] + 0.4), e2e
+
+
+def test_latency_mode_records_the_ort_timing_and_follows_it(photo_images):
+    """Full rank on a small conv costs more MACs and an extra kernel: ORT must find the pair slower and keep
+    the conv; a 64->64 conv at rank 1 (8x fewer MACs): whatever ORT measures, the decision follows it."""
+    feeds = photo_feeds(photo_images[:2], cin=8, hw=16)
+    out, rec, _ = run(conv_graph(cin=8, cout=16, hw=16), "depthwise:rank=9:latency=true", feeds[:1], calib=feeds)
+    (layer,) = rec.details["layers"]
+    t = layer["latency"]
+    assert t["conv_ms"] > 0 and t["pair_ms"] > 0 and len(t["ratios"]) == 2 and t["ratio"] == max(t["ratios"])
+    assert t["ratio"] > 1.0 and layer["decision"] == "kept" and "slower" in layer["reason"]
+    assert [n.op_type for n in out.graph] == ["Conv"] and not rec.changed
+    feeds = photo_feeds(photo_images[:2], cin=64, hw=40)
+    out, rec, _ = run(conv_graph(cin=64, cout=64, hw=40, weight=low_rank_weight(64, 64, 1)),
+                      "depthwise:rank=1:latency=true", feeds[:1], calib=feeds)
+    (layer,) = rec.details["layers"]
+    assert layer["decision"] == ("replaced" if layer["latency"]["ratio"] < 1.0 else "kept"), layer
+    assert rec.details["settings"]["latency"] is True
 
 
 def test_exact_full_rank_on_detector_head(detector, detector_feeds):

@@ -1,22 +1,21 @@
-"""Measure the depthwise pass: exactness at full rank, and MACs / latency / drift at an SQNR floor.
+"""Measure the depthwise pass: MACs, ORT latency and output drift at per-layer SQNR floors.
 
-    python tools/depthwise_compare.py [--models exact,detector,yolo,ppocr-det] [--size 320] [--width 32]
-                                      [--floor 30] [--runs 50] [--json out.json]
+    python tools/depthwise_compare.py [--models yolov8n,ppocr-det,detector,exact] [--floors 30,25]
+                                      [--modes macs,latency] [--runs 40] [--json out.json]
 
 Every model first goes through the cpu-fp32 cleanup (fold, fuse-bn, ...); the depthwise pass then runs on
-16 calibration images and the two models are compared on 8 other images.
-  exact      r = K*K (rank 49 also covers a 7x7 stem): ResNet-18 (tests/models.py, 224) and the detector.
-  detector   a YOLO-style detector built here (``detector_neck_head``): Conv+SiLU backbone stub, FPN top-down
-             (nearest Upsample + Concat, a dilated 3x3), PAN bottom-up (stride-2 conv), two 3x3-heavy heads.
-             Untrained but He-initialised, so its features still carry the image; also run with the
-             selection limited to neck and heads (``layers=/fpn*+/pan*+/head*``).
-  yolo       tests/models.py yolo_style (zoo entry "yolo", 320). CAUTION: with PyTorch's default init and
-             its randomised BN statistics its features become image-independent after a few layers, so
-             every layer is reproduced almost exactly at r = 1: its numbers say nothing about real models.
+16 calibration images and the two models are compared on 8 other images (a different seed).
+  yolov8n    trained YOLOv8n (zoo "yolov8n": nudenet 3.4.2 320n.onnx, 18 classes), 320x320 photos; only
+             the neck and head are selected (``YOLOV8N_NECK_HEAD``: the FPN/PAN C2f blocks and the
+             cv2/cv3 box/class heads).
   ppocr-det  PP-OCRv4 mobile text detector (trained; 640x640 photos with rendered text): its DB-FPN has
              five 96->24 3x3 convs. Also reports the IoU of the text masks (p > 0.3) before/after.
-Latency: ONNX Runtime CPU, 2 threads, allow_spinning 0, the two models timed in alternating rounds
-(median of the round medians) so that changes in machine load hit both alike.
+  detector   an untrained He-initialised YOLO-style detector built here (``detector_neck_head``).
+  exact      r = K*K (rank 49 also covers a 7x7 stem): ResNet-18 (tests/models.py, 224) and the detector.
+Modes: "macs" replaces every layer that meets the floor with fewer MACs; "latency" (``latency=true``) also
+times each replacement against its conv in ORT at the layer's real shape and keeps only faster pairs.
+Latency: ONNX Runtime CPU, 2 threads, allow_spinning 0, the two models run alternately in one process
+(median of ``--runs`` runs each), measured twice; the ratio is after / before.
 """
 
 from __future__ import annotations
@@ -105,17 +104,15 @@ def text_feeds(n: int, size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
 FP32_PREFIX = "lift-constants,fold,dce,fuse-bias,fuse-bn,dce,shape-infer"  # the cpu-fp32 pipeline
 
 
-def _timed_pair(a: bytes, b: bytes, feed: dict[str, np.ndarray], runs: int, rounds: int = 5) -> tuple[float, float]:
-    """Median latency (ms) of two models, timed in alternating rounds so load changes hit both alike."""
+def _timed_pair(a: bytes, b: bytes, feed: dict[str, np.ndarray], runs: int, repeats: int = 2) -> list[tuple[float, float]]:
+    """Median latency (ms) of two models, run alternately (a, b, a, b, ...) in one process so that load
+    changes hit both alike; ``repeats`` independent measurements, so a single noisy one is visible."""
     from edgec import runtime
+    from edgec.passes.depthwise_latency import interleaved_ms
 
     sa = runtime.session(a, threads=2, optimization="all", spinning=False)
     sb = runtime.session(b, threads=2, optimization="all", spinning=False)
-    ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(runtime.time_session(sa, feed, runs=max(1, runs // rounds), warmup=3)["median_ms"])
-        tb.append(runtime.time_session(sb, feed, runs=max(1, runs // rounds), warmup=3)["median_ms"])
-    return float(np.median(ta)), float(np.median(tb))
+    return [tuple(interleaved_ms([sa, sb], feed, runs=runs)) for _ in range(repeats)]  # type: ignore[misc]
 
 
 def compare(path: str | Path, calib: list[dict[str, np.ndarray]], evaluation: list[dict[str, np.ndarray]],
@@ -134,7 +131,8 @@ def compare(path: str | Path, calib: list[dict[str, np.ndarray]], evaluation: li
     ref = runtime.run(runtime.session(base), evaluation)
     got = runtime.run(runtime.session(out), evaluation)
     d = metrics.drift(ref, got)
-    ms_base, ms_dw = _timed_pair(model_io.to_bytes(base), model_io.to_bytes(out), evaluation[0], runs)
+    timings = _timed_pair(model_io.to_bytes(base), model_io.to_bytes(out), evaluation[0], runs)
+    ms_base, ms_dw = (float(np.median([t[i] for t in timings])) for i in (0, 1))
     layers = rec.details.get("layers", [])
     replaced = [x for x in layers if x["decision"] == "replaced"]
     mask_iou = None
@@ -153,21 +151,26 @@ def compare(path: str | Path, calib: list[dict[str, np.ndarray]], evaluation: li
         "macs_replaced_after": rec.details.get("macs_replaced_after"),
         "macs_replaced_reduction": rec.details.get("macs_reduction"),
         "model_macs_before": mgr.records[0].summary.macs, "model_macs_after": rec.summary.macs,
-        "drift_eval": {"max_rel": d.max_rel, "sqnr_db": d.sqnr_db, "cosine": d.cosine, "worst_output": d.worst_output},
-        "latency_ms": {"before": ms_base, "after": ms_dw, "ratio": ms_dw / ms_base},
-        "decisions": [{k: v for k, v in x.items() if k in ("node", "decision", "rank", "method", "sqnr_db",
-                                                            "best_sqnr_db", "reason")} for x in layers
+        "drift_eval": {"max_abs": d.max_abs, "max_rel": d.max_rel, "sqnr_db": d.sqnr_db, "cosine": d.cosine, "worst_output": d.worst_output},
+        "latency_ms": {"before": ms_base, "after": ms_dw, "ratio": ms_dw / ms_base,
+                       "ratios": [b / a for a, b in timings]},
+        "decisions": [{k: v for k, v in x.items() if k in ("node", "decision", "rank", "method", "sqnr_db", "sqnr_svd_db",
+                                                            "best_sqnr_db", "latency", "reason")} for x in layers
                       if x["decision"] != "skipped"],
     }
+
+
+YOLOV8N_NECK_HEAD = "/model.1[2-9]/*+/model.2[0-2]/*"  # FPN/PAN C2f blocks 12-21 and the Detect head 22
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=320, help="detector input size")
     ap.add_argument("--width", type=int, default=32, help="detector width (channels of the first stage)")
-    ap.add_argument("--floor", type=float, default=30.0, help="per-layer SQNR floor (dB)")
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--models", default="exact,detector,yolo,ppocr-det")
+    ap.add_argument("--floors", default="30,25", help="per-layer SQNR floors (dB), comma-separated")
+    ap.add_argument("--runs", type=int, default=40, help="interleaved runs per latency measurement")
+    ap.add_argument("--models", default="yolov8n,ppocr-det")
+    ap.add_argument("--modes", default="macs,latency", help="macs: MACs only; latency: also the per-layer ORT check")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     import torch
@@ -176,40 +179,58 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     calib, evaluation = photo_feeds(16, args.size, seed=0), photo_feeds(8, args.size, seed=1)
-    auto = f"depthwise:max_error={args.floor:g}"
+    floors = [float(f) for f in args.floors.split(",")]
+    modes = {"macs": "", "latency": ":latency=true"}
+    wanted = args.models.split(",")
+    zoo = _zoo()
+
+    def runs_of(name: str, path: Path, cal: list, ev: list, extra: str = "", **kw: Any) -> None:
+        for floor in floors:
+            for mode in args.modes.split(","):
+                spec = f"depthwise:max_error={floor:g}{extra}{modes[mode]}"
+                results[f"{name}@{floor:g}dB/{mode}"] = compare(path, cal, ev, spec, runs=args.runs, **kw)
+                _print_row(f"{name}@{floor:g}dB/{mode}", results[f"{name}@{floor:g}dB/{mode}"])
+                if args.json:  # after every run: a long run interrupted still leaves its numbers
+                    args.json.write_text(json.dumps(results, indent=1, default=float))
+
     with tempfile.TemporaryDirectory() as tmp:
         det = Path(tmp) / "detector.onnx"
         export(detector_neck_head(width=args.width), (torch.randn(1, 3, args.size, args.size),), det, opset=13)
-        wanted = args.models.split(",")
         if "exact" in wanted:
-            models = _zoo().load_models_module()
+            models = zoo.load_models_module()
             rn = models.export_onnx(*models.build("resnet18", bench=True), Path(tmp) / "resnet18.onnx")
             results["exact_resnet18"] = compare(rn, photo_feeds(8, 224), photo_feeds(4, 224, seed=1),
                                                 "depthwise:rank=49", runs=args.runs)
             results["exact_detector"] = compare(det, calib, evaluation, "depthwise:rank=9", runs=args.runs)
+        if "yolov8n" in wanted:
+            # Real photos, the model's own preprocessing (letterbox-free resize, /255); scored on other photos.
+            ycal = zoo.preprocess(zoo.images("photos", 16, (320, 320), seed=0), "yolov8n")
+            yev = zoo.preprocess(zoo.images("photos", 8, (320, 320), seed=1), "yolov8n")
+            runs_of("yolov8n-neck-head", zoo.path("yolov8n"), ycal, yev, f":layers={YOLOV8N_NECK_HEAD}",
+                    shapes={"images": (1, 3, 320, 320)})
         if "detector" in wanted:
-            results["detector"] = compare(det, calib, evaluation, auto, runs=args.runs)
-            results["detector_head_neck"] = compare(det, calib, evaluation, auto + ":layers=/fpn*+/pan*+/head*",
-                                                    runs=args.runs)
-        if "yolo" in wanted:
-            results["yolo_style"] = compare(_zoo().path("yolo"), calib, evaluation, auto, runs=args.runs)
+            runs_of("detector", det, calib, evaluation)
         if "ppocr-det" in wanted:
-            results["ppocr_det"] = compare(_zoo().path("ppocr-det"), text_feeds(16, 640), text_feeds(8, 640, seed=1),
-                                           auto, runs=args.runs, shapes={"x": (1, 3, 640, 640)},
-                                           threshold=_zoo().ENTRIES["ppocr-det"].extra["prob_threshold"])
+            runs_of("ppocr-det", zoo.path("ppocr-det"), text_feeds(16, 640), text_feeds(8, 640, seed=1),
+                    shapes={"x": (1, 3, 640, 640)}, threshold=zoo.ENTRIES["ppocr-det"].extra["prob_threshold"])
     for name, r in results.items():
-        lat = r["latency_ms"]
-        red = r["macs_replaced_reduction"]
-        print(f"{name:20s} replaced {r['layers_replaced']:2d}/{r['layers_considered']:2d}  "
-              f"MACs of replaced {r['macs_replaced_before'] or 0:>11,} -> {r['macs_replaced_after'] or 0:>11,} "
-              f"({100 * (red or 0):5.1f} % less)  model {r['model_macs_before']:,} -> {r['model_macs_after']:,}  "
-              f"ORT {lat['before']:.2f} -> {lat['after']:.2f} ms (x{lat['ratio']:.2f})  "
-              f"drift max_rel {r['drift_eval']['max_rel']:.2e} SQNR {r['drift_eval']['sqnr_db']:.1f} dB  "
-              f"exact={r['exact']}  pass {r['seconds']} s"
-              + (f"  text-mask IoU {r['mask_iou']:.3f}" if r["mask_iou"] is not None else ""))
+        _print_row(name, r)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=float))
     return 0
+
+
+def _print_row(name: str, r: dict[str, Any]) -> None:
+    lat = r["latency_ms"]
+    red = r["macs_replaced_reduction"]
+    print(f"{name:32s} replaced {r['layers_replaced']:2d}/{r['layers_considered']:2d}  "
+          f"MACs of replaced {r['macs_replaced_before'] or 0:>11,} -> {r['macs_replaced_after'] or 0:>11,} "
+          f"({100 * (red or 0):5.1f} % less)  model {r['model_macs_before']:,} -> {r['model_macs_after']:,}  "
+          f"ORT {lat['before']:.2f} -> {lat['after']:.2f} ms (x{lat['ratio']:.2f}; repeats "
+          + ", ".join(f"x{x:.2f}" for x in lat["ratios"]) + ")  "
+          f"drift SQNR {r['drift_eval']['sqnr_db']:.1f} dB max_abs {r['drift_eval']['max_abs']:.3g}  "
+          f"exact={r['exact']}  pass {r['seconds']} s"
+          + (f"  text-mask IoU {r['mask_iou']:.3f}" if r["mask_iou"] is not None else ""), flush=True)
 
 
 if __name__ == "__main__":
