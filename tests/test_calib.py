@@ -134,3 +134,16 @@ def test_batches_split_on_shape_change() -> None:
     feeds = [{"x": np.zeros((1, 3, s, s), np.float32)} for s in (8, 8, 16, 16, 16, 8)]
     got = [(f["x"].shape, n) for f, n in calib.batches(feeds, 2, True)]
     assert got == [((2, 3, 8, 8), 2), ((2, 3, 16, 16), 2), ((1, 3, 16, 16), 1), ((1, 3, 8, 8), 1)]
+
+
+def test_entropy_matches_the_sqnr_optimum_on_a_relu_laplace_tensor() -> None:
+    """TensorRT-style KL (tail folded into the last bin, Q merged to the dtype's levels and expanded over
+    P's non-empty bins, both smoothed): on a ReLU'd Laplace tensor its clip is within 0.5 dB of the MSE
+    optimum, and it clips (below the max). MobileNetV2 output SQNR with entropy ranges: 10.7 dB before the
+    smoothing fix, 16.5 dB after (percentile 16.8)."""
+    x = np.maximum(np.random.default_rng(0).laplace(0, 1, 1_000_000), 0).astype(np.float32)
+    st = streamed([x])
+    lo, hi = calib.range_entropy(st, UINT8)
+    best = fake_quant_sqnr(x, *calib.range_mse(st, UINT8), UINT8)
+    assert hi < 0.9 * float(x.max())
+    assert fake_quant_sqnr(x, lo, hi, UINT8) > best - 0.5

@@ -110,20 +110,27 @@ def test_ort_placement_structure_and_numbers(feeds16: list[dict]) -> None:
     assert qp["p1"][:2] == qp["r1"][:2]
     assert qp["c3"][:2] == qp["c4"][:2] == qp["cat"][:2]
     assert "y" not in qp  # a Gemm graph output stays float (ORT's QGemm has a float output)
-    # Weights int8 per output channel; bias int32 with scale exactly s_in * s_w.
+    # Weights int8 per output channel, no zero-point input on Conv weights (it defaults to 0). Gemm: bias
+    # int32 with scale exactly s_in * s_w; Conv: the float bias ORT's BiasQuantization turns into that.
     for node in model.graph:
         if node.op_type in ("Conv", "Gemm"):
             wdq, bdq, xdq = (node.inputs[i].producer() for i in (1, 2, 0))
-            assert wdq.op_type == bdq.op_type == xdq.op_type == "DequantizeLinear"
+            assert wdq.op_type == xdq.op_type == "DequantizeLinear"
             wq, ws = const_array(wdq.inputs[0]), const_array(wdq.inputs[1])
             assert wq.dtype == np.int8 and ws.shape == (wq.shape[0],) and wdq.attributes["axis"].value == 0
             bits = weight_bits_for(QuantScheme.from_mapping(targets.get("cpu-int8").scheme))
             assert np.abs(wq).max() <= 2 ** (bits - 1) - 1
-            assert const_array(bdq.inputs[0]).dtype == np.int32
+            if node.op_type == "Conv":
+                assert bdq is None and const_array(node.inputs[2]).dtype == np.float32
+                assert len(wdq.inputs) == 2
+                continue
+            assert bdq.op_type == "DequantizeLinear" and const_array(bdq.inputs[0]).dtype == np.int32
             s_in = np.float32(const_array(xdq.inputs[1]))
             np.testing.assert_array_equal(const_array(bdq.inputs[1]), s_in * ws)
-    assert not [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT
-                and v.const_value.size > 16]  # no float weight left behind
+    float_inits = {n for n, v in model.graph.initializers.items() if v.const_value.dtype == ir.DataType.FLOAT
+                   and v.const_value.size > 16}
+    conv_biases = {n.inputs[2].name for n in model.graph if n.op_type == "Conv"}
+    assert float_inits <= conv_biases  # no float weight left behind
     # ORT fuses everything into integer kernels, and the fused result matches the simulated one.
     ops = fused_ops(model)
     assert ops["QLinearConv"] == 4 and ops["QLinearAdd"] == 1 and ops["QLinearConcat"] == 1
@@ -323,3 +330,41 @@ def test_ppocr_det_cosine_with_real_text_images(zoo_path, zoo, tmp_path: Path) -
     ref = runtime.run(runtime.session(src), evals)
     d = metrics.drift(ref, runtime.run(runtime.session(res.model), evals))
     assert d.cosine >= 0.98, d
+
+
+def test_div_by_constant_folds_into_the_dequantize_scale(feeds16: list[dict]) -> None:
+    """PaddleOCR's HardSwish ends in "/ 6": the Div reads the same integers through a DQ with scale s/6
+    instead of staying a float island (DQ -> Div -> Q) between two QLinear ops."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Mul", ["r1", "r1"], ["m"], name="mul"),
+        helper.make_node("Div", ["m", "six"], ["d"], name="div"),
+        helper.make_node("Conv", ["d", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (8, 3, 3, 3)), ("b1", (8,)), ("w2", (4, 8, 1, 1)), ("b2", (4,)))]
+    inits.append(numpy_helper.from_array(np.array(6.0, np.float32), "six"))
+    g = helper.make_graph(nodes, "div", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    model = model_io.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    ref = model_io.to_bytes(model)
+    model, _ctx = quantize(model, "cpu-int8", feeds16)
+    assert not [n for n in model.graph if n.op_type == "Div"]
+    ops = fused_ops(model)
+    assert ops["QLinearConv"] == 2 and ops["QLinearMul"] == 1 and ops["Div"] == 0 and ops["DequantizeLinear"] == 1
+    assert sqnr(ref, model, feeds16) > 25
+
+
+@pytest.mark.slow
+def test_real_mobilenetv2_int8_is_under_027x_and_fully_fused(zoo_path, zoo) -> None:
+    """The zoo's 224 px MobileNetV2: int8 file <= 0.27x the fp32 file, every Conv a QLinearConv in ORT
+    (weight DQs carry no zero-point input; Conv biases float, quantized by ORT at load)."""
+    src = zoo_path("mobilenetv2")
+    e = zoo.ENTRIES["mobilenetv2"]
+    calib = zoo.preprocess(zoo.images(e.images, 16, e.image_size, seed=0), e)
+    res = edgec.compile(src, target="cpu-int8", calib=calib, options={"bench_runs": 0})
+    assert len(model_io.to_bytes(res.model)) <= 0.27 * Path(src).stat().st_size
+    ops = fused_ops(res.model)
+    assert ops["QLinearConv"] == 52 and ops["Conv"] == 0 and ops["QGemm"] == 1

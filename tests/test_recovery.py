@@ -268,7 +268,7 @@ def test_bias_correct_removes_weight_rounding_shift(zoo):
     corrected = mgr.run(qm, [parse_spec("bias-correct")])
     details = mgr.records[-1].details
     rows = details["layers"]
-    assert rows[0]["corrected"] and rows[0]["bias"].startswith("int32")
+    assert rows[0]["corrected"] and rows[0]["bias"] == "float"  # cpu-int8 Conv bias: float, ORT quantizes at load
     assert details["kept"] and details["sqnr_after_db"] > details["sqnr_before_db"]  # the guard measured it
     after = np.abs(shift(corrected))
     assert before.max() > 1e-2, before  # the shift is real before correction ...

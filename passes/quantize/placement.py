@@ -132,7 +132,7 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
         if op in WEIGHTED and not _weighted_ok(node):
             skipped.append({"node": node.name or op, "op": op, "reason": "weights are not constant"})
             continue
-        if op == "Mul" and not full and scalar_factor(node) is not None:
+        if op in ("Mul", "Div") and not full and scalar_factor(node) is not None:
             src = node.inputs[1 - scalar_factor(node)[0]]  # type: ignore[index]
             if src is not None and id(src) in quantized_values and not src.is_graph_input():
                 scaled.append(node)
@@ -149,6 +149,15 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
                 out = output_of(node)
                 add(out)
                 groups.append([src, out])
+                chosen.append(node)
+            elif src is not None and id(src) in quantized_values and not full and len(node.outputs) > 1 \
+                    and id(src) not in scaled_out and all(is_float(o) for o in node.outputs):
+                # Split: every output on the input's scale, as ORT's QDQ rules want to run it on the
+                # integers (own ranges per output left DQ -> Split -> Q float islands: 7 in the YOLO net).
+                add(src)
+                for o in node.outputs:
+                    add(o)
+                groups.append([src, *node.outputs])
                 chosen.append(node)
             continue
         if op in ABSORBED:
@@ -178,11 +187,13 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
 
 
 def scalar_factor(node: ir.Node) -> tuple[int, float] | None:
-    """(input index, value) when one input of a Mul is a positive scalar constant."""
-    for i in (0, 1):
+    """(input index, factor) when one input of a Mul is a positive scalar constant, or the divisor of a
+    Div is (x / c == x * (1/c): HardSwish's "/ 6" in PaddleOCR exports)."""
+    for i in ((1,) if node.op_type == "Div" else (0, 1)):
         c = const_array(node.inputs[i]) if i < len(node.inputs) else None
         if c is not None and c.size == 1 and float(c.reshape(())) > 0 and np.issubdtype(c.dtype, np.floating):
-            return i, float(c.reshape(()))
+            v = float(c.reshape(()))
+            return i, (1.0 / v if node.op_type == "Div" else v)
     return None
 
 
