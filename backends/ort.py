@@ -19,7 +19,8 @@ from edgec.records import Artifacts
 
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
     out_dir = Path(out_dir)
-    path = model_io.save(model, out_dir / "model.onnx")
+    # Intermediate shapes are dead weight in a deployed file: ONNX Runtime infers them at load.
+    path = model_io.save(model, out_dir / "model.onnx", value_info=False)
     art = Artifacts(backend="ort", files={"model": path})
     art.figures["bytes"] = path.stat().st_size
     try:

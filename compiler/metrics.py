@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec.graph import opset_version
-from edgec.model_io import PROTO_LIMIT
+from edgec.model_io import PROTO_LIMIT, checkable_proto
 from edgec.records import Drift, Summary
 
 Feed = dict[str, np.ndarray]
@@ -47,7 +47,9 @@ def _weight_bytes(model: ir.Model) -> int:
 def _proto_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
     """Every tensor's shape after ONNX shape inference (symbolic dims, e.g. batch, count as 1)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        # Weights over 1 MB stand in as typed inputs: inference needs their shapes, not a copy of their bytes
+        # (a second copy of ResNet-18's 45 MB on every pass record).
+        inferred = onnx.shape_inference.infer_shapes(checkable_proto(proto), data_prop=True)
     except Exception:  # noqa: BLE001 - a model inference cannot handle still gets a summary
         inferred = proto
     g = inferred.graph
@@ -56,7 +58,7 @@ def _proto_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
         t = vi.type.tensor_type
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
-    for init in g.initializer:
+    for init in proto.graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
 

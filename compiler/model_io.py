@@ -392,8 +392,11 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def save(model: ir.Model, path: str | os.PathLike) -> Path:
-    """Write ``model`` atomically. Models past the 2 GiB proto limit get an external data file."""
+def save(model: ir.Model, path: str | os.PathLike, *, value_info: bool = True) -> Path:
+    """Write ``model`` atomically. Models past the 2 GiB proto limit get an external data file.
+
+    ``value_info=False`` leaves out the shapes of intermediate tensors: runtimes infer them at load, and
+    in an int8 detector they are 5 % of the file (PP-OCRv4 det: 65 KB of 1.3 MB)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +410,8 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
                 ir.save(model, tmp, external_data=tmp_data.name)
                 # ir.save wrote the data under the temp name it was given; the proto points at that name.
                 proto = onnx.load(str(tmp), load_external_data=False)
+                if not value_info:
+                    del proto.graph.value_info[:]
                 for t in proto.graph.initializer:
                     for entry in t.external_data:
                         if entry.key == "location":
@@ -414,7 +419,12 @@ def save(model: ir.Model, path: str | os.PathLike) -> Path:
                 onnx.save(proto, str(tmp))
         else:
             with atomic_path(path) as tmp:
-                tmp.write_bytes(to_bytes(model))
+                if value_info:
+                    tmp.write_bytes(to_bytes(model))
+                else:
+                    proto = to_proto(model)
+                    del proto.graph.value_info[:]
+                    tmp.write_bytes(proto.SerializeToString())
     except OSError as exc:
         raise EdgecError(f"{path}: cannot write ({exc.strerror or exc})",
                          hint="check the output folder exists, is writable and has free space") from None

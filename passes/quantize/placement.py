@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
-from edgec.graph import const_array, only_consumer
+from edgec.graph import attr, const_array, only_consumer
 from edgec.passes.quantize.scheme import QuantScheme
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -129,6 +129,10 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
         if excluded(node, exclude):
             skipped.append({"node": node.name or op, "op": op, "reason": "excluded"})
             continue
+        if full and op == "Softmax" and _long_softmax(node):
+            skipped.append({"node": node.name or op, "op": op,
+                            "reason": "TFLite's int8 Softmax output step is 1/256: too coarse over > 64 entries"})
+            continue
         if op in WEIGHTED and not _weighted_ok(node):
             skipped.append({"node": node.name or op, "op": op, "reason": "weights are not constant"})
             continue
@@ -179,11 +183,27 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
                 continue  # ORT fuses DQ->Gemm/MatMul with a float output (QGemm, MatMulIntegerToFloat)
             add(out)
         if op == "Concat" and share_concat:
-            groups.append([*(node.inputs[i] for i in ins), outs[0]])  # type: ignore[misc]
+            # Not shared: an input read through a folded scale (its own DQ carries the factor), and in
+            # TFLite a Sigmoid/Softmax output on its fixed 1/256 (the converter requantizes it; sharing
+            # would put every other input, e.g. YOLO's box coordinates, on that scale and saturate them).
+            members = [node.inputs[i] for i in ins if id(node.inputs[i]) not in scaled_out
+                       and (node.inputs[i].name or "") not in fixed]  # type: ignore[union-attr]
+            groups.append([*members, outs[0]])  # type: ignore[list-item]
         if full and op in FIXED_RANGE_OUTPUTS and scheme.act_dtype == "int8" and not scheme.act_symmetric:
             fixed[outs[0].name or ""] = (1.0 / 256.0, -128)
         chosen.append(node)
     return Placement(chosen, list(tensors.values()), _merge(groups), fixed, skipped, consts, scaled)
+
+
+def _long_softmax(node: ir.Node, limit: int = 64) -> bool:
+    """A Softmax over more than ``limit`` entries (attention over tokens): its probabilities, ~1/n each,
+    fall below TFLite's fixed int8 output step of 1/256 (the ViT test model: 19.7 dB int8, 33.0 kept float)."""
+    x = node.inputs[0]
+    if x is None or x.shape is None or len(x.shape) == 0:
+        return False
+    axis = int(attr(node, "axis", -1))
+    d = x.shape[axis % len(x.shape)]
+    return not isinstance(d, int) or d > limit
 
 
 def scalar_factor(node: ir.Node) -> tuple[int, float] | None:
