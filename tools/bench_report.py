@@ -1,0 +1,229 @@
+"""tools/bench.py, reporting: the header, one table per model, the summary table, the physical-limit line
+(achieved fraction of the machine's measured GEMM peak) and the latency plot (PNG, drawn with Pillow so the
+benchmark needs no matplotlib)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_measure import Feed, Variant
+
+COLUMNS = ["variant", "size KB", "nodes", "latency ms median (min)", "x fp32", "SQNR dB", "top-1 agree", "acc",
+           "build s", "peak RSS MB", "note"]
+
+
+def header() -> str:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        import edgec
+
+        ev = edgec.__version__
+    except Exception as exc:  # noqa: BLE001  the header must print whatever state edgec is in
+        ev = f"not importable ({type(exc).__name__})"
+    try:
+        from importlib.metadata import version
+
+        litert = version("ai-edge-litert")
+    except Exception:  # noqa: BLE001
+        litert = "not installed"
+    cpu = ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    load = os.getloadavg()
+    return (f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
+            f"- machine: {cpu}, {os.cpu_count()} cores, load average {load[0]:.1f} at start "
+            f"(shared machine: absolute latencies are noisy; ratios come from interleaved runs)\n"
+            f"- python {platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
+            f"ai-edge-litert {litert}, edgec {ev}, numpy {np.__version__}\n")
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"x{a / b:.2f}" if a and b else "–"
+
+
+def table(model: str, variants: list[Variant]) -> str:
+    base = variants[0].figures
+    rows = [f"### {model}\n", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for v in variants:
+        f = v.figures
+        speed = base.get("latency_ms", 0) / f["latency_ms"] if f.get("latency_ms") else None
+        note = v.note.replace("|", "/").replace("\n", " ")
+        rows.append(
+            f"| {v.name} | {_fmt(f.get('size_kb'), '.0f')} | {_fmt(f.get('nodes'), 'd')} | "
+            f"{_fmt(f.get('latency_ms'), '.2f')} ({_fmt(f.get('min_ms'), '.2f')}) | {_fmt(speed, '.2f')} | "
+            f"{_fmt(f.get('sqnr_db'), '.1f')} | {_fmt(f.get('top1_agree'), '.3f')} | "
+            f"{_fmt(f.get('accuracy'), '.3f')} | {_fmt(v.build_s, '.1f')} | {_fmt(v.peak_rss_mb, '.0f')} | {note} |")
+    # edgec against the matching anchor: fp32 targets vs the best simplifier, int8 vs ORT quantize_static.
+    ratios = []
+    by = {v.name: v.figures for v in variants}
+    for v in variants:
+        if not v.name.startswith("edgec:") or "latency_ms" not in v.figures:
+            continue
+        anchor = "ort-quant" if "int8" in v.name else min(
+            (a for a in ("onnxsim", "onnxslim", "fp32") if "latency_ms" in by.get(a, {})),
+            key=lambda a: by[a]["latency_ms"])
+        a = by.get(anchor, {})
+        if "latency_ms" in a and "sqnr_db" in a and "sqnr_db" in v.figures:
+            sq = (f"SQNR {v.figures['sqnr_db']:.1f} vs {a['sqnr_db']:.1f} dB"
+                  if np.isfinite(a["sqnr_db"]) else f"SQNR {v.figures['sqnr_db']:.1f} dB (anchor bit-exact)")
+            ratios.append(f"{v.name} / {anchor}: latency x{v.figures['latency_ms'] / a['latency_ms']:.2f}, "
+                          f"size x{v.figures['size_kb'] / a['size_kb']:.2f}, {sq}")
+    return "\n".join(rows) + ("\n\n" + "\n".join(f"- {r}" for r in ratios) if ratios else "") + "\n"
+
+
+# ------------------------------------------------------------------------------------------- summary
+def summary(results: dict[str, list[Variant]]) -> str:
+    """One line per model: edgec cpu-int8 / ORT quantize_static; edgec cpu-fp32 vs the simplifiers; the
+    fastest TFLite variant vs fp32 ORT."""
+    head = ("| model | int8 latency edgec/ORT-quant | SQNR dB edgec vs ORT-quant | int8 size edgec/ORT-quant | "
+            "quant wall time edgec/ORT-quant | quant peak RSS edgec/ORT-quant | fp32 latency edgec / onnxsim, "
+            "/ onnxslim | nodes fp32, onnxsim, onnxslim, edgec | best TFLite / ORT fp32 latency |")
+    intro = ("Ratios below 1 favour edgec (SQNR: higher is better). int8: edgec:cpu-int8 against ORT "
+             "quantize_static; fp32: edgec:cpu-fp32 against onnxsim and onnxslim.\n")
+    rows = ["## Summary\n", intro, head, "|" + "---|" * 9]
+    for model, variants in results.items():
+        by = {v.name: v for v in variants}
+        # A refused build has a wall time and a peak RSS but no model: it gets no ratio.
+        q, e8, e32 = (by[k] if k in by and "size_kb" in by[k].figures else None
+                      for k in ("ort-quant", "edgec:cpu-int8", "edgec:cpu-fp32"))
+        sim, slim, fp = by.get("onnxsim"), by.get("onnxslim"), by.get("fp32")
+
+        def fig(v: Variant | None, key: str) -> Any:
+            return v.figures.get(key) if v is not None else None
+
+        sq = f"{_fmt(fig(e8, 'sqnr_db'), '.1f')} vs {_fmt(fig(q, 'sqnr_db'), '.1f')}"
+        lat32 = (f"{_ratio(fig(e32, 'latency_ms'), fig(sim, 'latency_ms'))}, "
+                 f"{_ratio(fig(e32, 'latency_ms'), fig(slim, 'latency_ms'))}")
+        nodes = ", ".join(_fmt(fig(v, "nodes"), "d") for v in (fp, sim, slim, e32))
+        lite = [v for v in variants if "tflite" in v.name and v.figures.get("latency_ms")]
+        best = min(lite, key=lambda v: v.figures["latency_ms"]) if lite else None
+        best_s = (f"{best.name.split(':')[-1]} {_ratio(fig(best, 'latency_ms'), fig(fp, 'latency_ms'))}"
+                  if best else "–")
+        rows.append(f"| {model} | {_ratio(fig(e8, 'latency_ms'), fig(q, 'latency_ms'))} | {sq} | "
+                    f"{_ratio(fig(e8, 'size_kb'), fig(q, 'size_kb'))} | "
+                    f"{_ratio(e8.build_s if e8 else None, q.build_s if q else None)} | "
+                    f"{_ratio(e8.peak_rss_mb if e8 else None, q.peak_rss_mb if q else None)} | {lat32} | {nodes} | "
+                    f"{best_s} |")
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- physical limit
+def gemm_peaks(n: int = 2048, runs: int = 10) -> dict[str, float]:
+    """The machine's measured GEMM throughput in ORT, 2 threads: fp32 MatMul and int8 MatMulInteger at n^3.
+
+    Each model's row then says what fraction of that it achieves (2*MACs / latency / peak): the physical
+    limit line of the benchmark.
+    """
+    from onnx import TensorProto, helper
+
+    from edgec import runtime
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for kind, (node, ta, tb, a, b) in {
+        "fp32": (helper.make_node("MatMul", ["a", "b"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT,
+                 rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)),
+        "int8": (helper.make_node("MatMulInteger", ["a", "b"], ["y"]), TensorProto.UINT8, TensorProto.INT8,
+                 rng.integers(0, 255, (n, n), dtype=np.uint8), rng.integers(-127, 127, (n, n), dtype=np.int8)),
+    }.items():
+        g = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", ta, [n, n]),
+                                               helper.make_tensor_value_info("b", tb, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32 if kind == "int8"
+                                                             else TensorProto.FLOAT, [n, n])])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        sess = runtime.session(m.SerializeToString())
+        t = runtime.time_session(sess, {"a": a, "b": b}, runs=runs, warmup=2)
+        # A peak is the best the machine does: the fastest run (p10), not the median a busy moment drags down.
+        out[kind] = 2 * n**3 / (t["p10_ms"] / 1e3) / 1e9  # GOP/s
+    return out
+
+
+def model_macs(model_path: Path, feed: Feed) -> int:
+    """MACs at the benchmarked input size (dynamic dims pinned to the feed's)."""
+    import edgec
+    from edgec import metrics
+
+    shapes = {k: tuple(v.shape) for k, v in feed.items()}
+    return int(metrics.summarize(edgec.load(model_path, shapes=shapes)).macs)
+
+
+def peak_fractions(macs: int, variants: list[Variant], peaks: dict[str, float]) -> str:
+    """One line per timed variant (ORT and LiteRT): achieved GOP/s and its fraction of the fp32 or int8 GEMM
+    peak (tflite-fp16 computes in fp32: fp16 weights are dequantized once)."""
+    lines = []
+    for v in variants:
+        ms = v.figures.get("latency_ms")
+        if not ms or not macs:
+            continue
+        kind = "int8" if ("int8" in v.name or v.name == "ort-quant") else "fp32"
+        gops = 2 * macs / (ms / 1e3) / 1e9
+        lines.append(f"{v.name} {gops:.1f} GOP/s = {100 * gops / peaks[kind]:.1f}% of the {kind} GEMM peak")
+    return f"- physical limit ({macs / 1e6:.1f} MMACs): " + "; ".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- plot
+PLOT_VARIANTS = ["onnxsim", "onnxslim", "ort-quant", "edgec:cpu-fp32", "edgec:cpu-int8", "edgec:tflite-fp32",
+                 "edgec:tflite-fp16", "edgec:tflite-int8"]
+BROKEN_DB = 10.0
+PALETTE = [(150, 150, 150), (90, 90, 90), (230, 140, 30), (40, 110, 200), (20, 60, 140), (60, 170, 90),
+           (30, 130, 60), (10, 90, 40)]
+
+
+def plot(results: dict[str, list[Variant]], path: Path) -> Path:
+    """Grouped bars: speed-up over fp32 ONNX Runtime (fp32 median / variant median) per model and variant,
+    on a log2 axis so 2x faster and 2x slower are the same height above and below the 1x line."""
+    from PIL import Image, ImageDraw
+
+    models = list(results)
+    w_group, bar, left, top, h = 8 * 14 + 24, 14, 60, 40, 360
+    width, height = max(760, left + len(models) * w_group + 20), top + h + 80
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    lo, hi = -2.0, 2.0  # log2 range: 0.25x .. 4x
+
+    def y_of(speed: float) -> float:
+        return top + h * (hi - min(hi, max(lo, math.log2(speed)))) / (hi - lo)
+
+    d.text((left, 8), "speed-up over fp32 ONNX Runtime (median latency, 2 threads; log scale); hollow bar: "
+           f"output SQNR < {BROKEN_DB:g} dB (broken numerics)", fill="black")
+    for k in range(int(lo), int(hi) + 1):
+        y = y_of(2.0**k)
+        d.line([(left - 4, y), (width - 10, y)], fill=(0, 0, 0) if k == 0 else (220, 220, 220))
+        d.text((6, y - 6), f"{2.0 ** k:g}x", fill="black")
+    for i, model in enumerate(models):
+        by = {v.name: v.figures for v in results[model]}
+        base = by.get("fp32", {}).get("latency_ms")
+        x0 = left + i * w_group + 10
+        for j, name in enumerate(PLOT_VARIANTS):
+            ms = by.get(name, {}).get("latency_ms")
+            if base and ms:
+                y1, y0 = y_of(base / ms), y_of(1.0)
+                # A fast variant with broken outputs must not look like a win: hollow bar.
+                broken = by[name].get("sqnr_db", 99.0) < BROKEN_DB
+                d.rectangle([x0 + j * bar, min(y0, y1), x0 + (j + 1) * bar - 2, max(y0, y1)],
+                            fill=None if broken else PALETTE[j], outline=PALETTE[j])
+        d.text((x0, top + h + 6), model[:16], fill="black")
+    ly = top + h + 30
+    for j, name in enumerate(PLOT_VARIANTS):
+        x = left + (j % 4) * 170
+        yy = ly + (j // 4) * 18
+        d.rectangle([x, yy, x + 10, yy + 10], fill=PALETTE[j])
+        d.text((x + 14, yy - 1), name, fill="black")
+    img.save(path)
+    return path
