@@ -60,10 +60,24 @@ class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constant (and Shape/Size of static tensors) into initializers."""
 
     max_elements: int = 1 << 24
+    #: sweeps at most (each infers shapes anew)
+    rounds: int = 8
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        graph = model.graph
         common.TopologicalSortPass()(model)
+        changed = False
+        # Folding a shape constant (a Reshape's target built by Concat) lets inference reach tensors it
+        # could not size before, whose Shape then folds in turn: sweep until nothing more folds.
+        for _ in range(self.rounds):
+            if not self._sweep(model):
+                break
+            changed = True
+        if changed:
+            common.RemoveUnusedNodesPass()(model)
+        return changed
+
+    def _sweep(self, model: ir.Model) -> bool:
+        graph = model.graph
         infer_shapes(model)  # Shape/Size fold only where the shape is known
         names = NameSource(graph)
         opset = model.opset_imports.get("", 13)
@@ -88,8 +102,6 @@ class FoldConstants(Pass):
                 ir.convenience.replace_all_uses_with(out, new)
             graph.remove(node, safe=True)
             changed = True
-        if changed:
-            common.RemoveUnusedNodesPass()(model)
         return changed
 
     @staticmethod
