@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_ir as ir
 
 from edgec import metrics, model_io, runtime
@@ -22,11 +24,14 @@ def compact_qdq_names(proto: onnx.ModelProto) -> int:
     """Short names for what only Q/DQ nodes read or write: quantized weights, scales, zero points and the
     DequantizeLinear outputs. Their long names repeat the float tensor's (``conv2d_451.tmp_0_zp``) three
     times each, 8 % of an int8 detector's file. The float tensors, graph inputs/outputs and the compute
-    nodes keep their names, so a quantized tensor is still found through its QuantizeLinear's input.
+    nodes keep their names, so a quantized tensor is still found through its QuantizeLinear's input;
+    the Q/DQ nodes themselves go unnamed.
     Returns the bytes saved."""
     g = proto.graph
     before = g.ByteSize()
     qdq = ("QuantizeLinear", "DequantizeLinear")
+    _drop_clips_inside_q_range(g)
+    _share_qdq_constants(g)
     readers: dict[str, set[str]] = {}
     for n in g.node:
         for i in n.input:
@@ -47,7 +52,103 @@ def compact_qdq_names(proto: onnx.ModelProto) -> int:
     for n in g.node:
         n.input[:] = [renames.get(i, i) for i in n.input]
         n.output[:] = [renames.get(o, o) for o in n.output]
+        if n.op_type in qdq:
+            n.name = ""  # optional in ONNX; the compute nodes keep theirs for messages and profiles
     return before - g.ByteSize()
+
+
+def _drop_clips_inside_q_range(g: onnx.GraphProto) -> int:
+    """Remove a Relu/Clip whose only reader is a QuantizeLinear that saturates inside the clip bounds: the
+    integers are the same with or without it, and ORT's ClipQuantFusion drops it at load anyway (PP-OCRv4
+    det: 34 HardSigmoid clips). Done on the written file only: in the compiled model the Q still reads the
+    clipped tensor, which keeps per-layer SQNR figures comparing like with like."""
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer if t.ByteSize() < 64}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    interface = {v.name for v in g.output}
+    drop: dict[str, str] = {}  # Clip output -> Clip input
+    for n in g.node:
+        if n.op_type not in ("Clip", "Relu") or n.domain not in ("", "ai.onnx") or n.output[0] in interface:
+            continue
+        users = readers.get(n.output[0], [])
+        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
+            continue
+        scale, zp = consts.get(users[0].input[1]), consts.get(users[0].input[2])
+        if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype.kind not in "iu":
+            continue
+        info = np.iinfo(zp.dtype)
+        s, z = float(scale.reshape(())), int(zp.reshape(()))
+        q_lo, q_hi = (info.min - z) * s, (info.max - z) * s
+        bound = [consts.get(i) if i else None for i in list(n.input[1:3])] if n.op_type == "Clip" else []
+        if n.op_type == "Clip" and (any(b is None for b, i in zip(bound, n.input[1:3]) if i) or n.attribute):
+            continue
+        lo = 0.0 if n.op_type == "Relu" else (float(bound[0].reshape(())) if bound and bound[0] is not None else -np.inf)
+        hi = np.inf if n.op_type == "Relu" else (float(bound[1].reshape(())) if len(bound) > 1 and bound[1] is not None
+                                                 else np.inf)
+        tol = 1e-6 * max(abs(q_lo), abs(q_hi), 1.0)  # float32 rounding of the step
+        if q_lo >= lo - tol and q_hi <= hi + tol:
+            drop[n.output[0]] = n.input[0]
+    if drop:
+        keep = [n for n in g.node if not (n.op_type in ("Clip", "Relu") and n.output and n.output[0] in drop)]
+        for n in keep:
+            n.input[:] = [drop.get(i, i) for i in n.input]
+        del g.node[:]
+        g.node.extend(keep)
+        used = {i for n in g.node for i in n.input}
+        listed = interface | {v.name for v in g.input}  # an initializer that is also a graph input stays
+        kept_inits = [t for t in g.initializer if t.name in used or t.name in listed]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+    return len(drop)
+
+
+def _share_qdq_constants(g: onnx.GraphProto) -> None:
+    """One copy of each distinct constant a Q/DQ reads, and one DequantizeLinear per distinct constant input
+    triple (the quantized HardSigmoid shifts and factors repeat dozens of times). ONNX Runtime gives each
+    consumer its own DQ again at load (EnsureUniqueDQForNodeUnit), so its fusions are unchanged."""
+    interface = {v.name for v in [*g.input, *g.output]}
+    qdq_only: set[str] = set()
+    readers: dict[str, set[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, set()).add(n.op_type)
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    keep = []
+    for t in g.initializer:
+        if t.name not in interface and readers.get(t.name) and readers[t.name] <= {"QuantizeLinear", "DequantizeLinear"}:
+            qdq_only.add(t.name)
+            key = (t.data_type, tuple(t.dims), t.SerializeToString(deterministic=True).replace(t.name.encode(), b""))
+            if key in first:
+                alias[t.name] = first[key]
+                continue
+            first[key] = t.name
+        keep.append(t)
+    if alias:
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        for n in g.node:
+            n.input[:] = [alias.get(i, i) for i in n.input]
+    consts = {t.name for t in g.initializer}
+    seen: dict[tuple[str, ...], str] = {}
+    out_alias: dict[str, str] = {}
+    nodes = []
+    for n in g.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in consts and n.output[0] not in interface \
+                and not n.attribute:
+            key = tuple(n.input)
+            if key in seen:
+                out_alias[n.output[0]] = seen[key]
+                continue
+            seen[key] = n.output[0]
+        nodes.append(n)
+    if out_alias:
+        for n in nodes:
+            n.input[:] = [out_alias.get(i, i) for i in n.input]
+        del g.node[:]
+        g.node.extend(nodes)
 
 
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
@@ -58,8 +159,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         # Intermediate shapes are dead weight in a deployed file: ONNX Runtime infers them at load.
         del proto.graph.value_info[:]
         compact_qdq_names(proto)
-        with model_io.atomic_path(path) as tmp:
-            tmp.write_bytes(proto.SerializeToString())
+        model_io.write_proto(proto, path)
     else:
         path = model_io.save(model, path, value_info=False)
     art = Artifacts(backend="ort", files={"model": path})

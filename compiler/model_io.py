@@ -392,6 +392,19 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def write_proto(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write an in-memory (under 2 GiB) model proto atomically, with save()'s error for a full disk."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(proto.SerializeToString())
+    except OSError as exc:
+        raise EdgecError(f"{path}: cannot write ({exc.strerror or exc})",
+                         hint="check the output folder exists, is writable and has free space") from None
+    return path
+
+
 def save(model: ir.Model, path: str | os.PathLike, *, value_info: bool = True) -> Path:
     """Write ``model`` atomically. Models past the 2 GiB proto limit get an external data file.
 

@@ -406,3 +406,27 @@ def test_concat_of_boxes_and_scores(target, options, tmp_path):
     a = np.concatenate([r["out"][:, :4].ravel() for r in ref])
     b = np.concatenate([g["out"][:, :4].ravel() for g in got])
     assert np.abs(a).max() > 10 and metrics.sqnr_db(a, b) > 30
+
+
+def test_ort_artifact_compacts_qdq_names(digits_model: Path, digits_samples, tmp_path: Path) -> None:
+    feeds = [{"input": x} for x in digits_samples["input"][:64]]
+    files = {}
+    for keep in (False, True):
+        res = edgec.compile(digits_model, target="cpu-int8", calib=feeds, samples=feeds[:4],
+                            options={"keep_names": keep, "bench_runs": 0}, out_dir=tmp_path / str(keep))
+        files[keep] = res.artifacts.files["model"]
+    short, full = (onnx.load(str(files[k])) for k in (False, True))
+    assert len(files[False].read_bytes()) < len(files[True].read_bytes())
+    assert not short.graph.value_info  # runtimes infer intermediate shapes at load
+    assert [v.name for v in short.graph.input] == [v.name for v in full.graph.input] == ["input"]
+    assert [v.name for v in short.graph.output] == [v.name for v in full.graph.output]
+    # The float tensors keep their names (a QuantizeLinear still reads the Conv output by name); a Relu right
+    # before a Q that saturates at 0 anyway is gone from the file (ORT drops it at load too).
+    q_in = {n.input[0] for n in short.graph.node if n.op_type == "QuantizeLinear"}
+    assert q_in <= {o for n in full.graph.node for o in n.output} | {"input"}
+    assert sum(n.op_type == "Relu" for n in short.graph.node) < sum(n.op_type == "Relu" for n in full.graph.node)
+    assert max(len(t.name) for t in short.graph.initializer if t.data_type == TensorProto.INT8) <= 5
+    a, b = (runtime.run(runtime.session(str(files[k])), feeds[:8]) for k in (False, True))
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])

@@ -21,6 +21,15 @@ from edgec.graph import NameSource, add_initializer, attr, nodes_of
 def decompose_hard_activations(graph: ir.Graph) -> int:
     """Replace every HardSwish/HardSigmoid by Add -> Clip (-> Mul x) -> Mul(a); returns how many."""
     names = NameSource(graph)
+    shared: dict[tuple[str, float], ir.Value] = {}
+
+    def scalar(kind: str, value: float) -> ir.Value:
+        """One initializer per distinct constant: 34 HardSigmoids of PP-OCRv4 det share 4 scalars."""
+        key = (kind, float(np.float32(value)))
+        if key not in shared:
+            shared[key] = add_initializer(graph, np.asarray(value, np.float32), f"hsig_{kind}", names)
+        return shared[key]
+
     count = 0
     for node in nodes_of(graph, "HardSwish", "HardSigmoid"):
         x = node.inputs[0]
@@ -33,10 +42,8 @@ def decompose_hard_activations(graph: ir.Graph) -> int:
         if alpha <= 0:
             continue
         base = node.name or node.op_type
-        shift = add_initializer(graph, np.asarray(beta / alpha, np.float32), f"{base}_shift", names)
-        lo = add_initializer(graph, np.asarray(0.0, np.float32), f"{base}_lo", names)
-        hi = add_initializer(graph, np.asarray(1.0 / alpha, np.float32), f"{base}_hi", names)
-        a = add_initializer(graph, np.asarray(alpha, np.float32), f"{base}_alpha", names)
+        shift, lo = scalar("shift", beta / alpha), scalar("lo", 0.0)
+        hi, a = scalar("hi", 1.0 / alpha), scalar("alpha", alpha)
         add = ir.node("Add", [x, shift], name=names(f"{base}_add"))
         clip = ir.node("Clip", [add.outputs[0], lo, hi], name=names(f"{base}_clip"))
         new = [add, clip]
@@ -48,7 +55,7 @@ def decompose_hard_activations(graph: ir.Graph) -> int:
         scale = ir.node("Mul", [gate, a], name=names(f"{base}_scale"))
         new.append(scale)
         for n in new:
-            n.outputs[0].name = names(f"{n.name}_out")
+            n.outputs[0].name = names(f"{n.name}_o")
             n.outputs[0].dtype = ir.DataType.FLOAT
             n.outputs[0].shape = x.shape
         graph.insert_before(node, new)
