@@ -154,7 +154,8 @@ def _share_qdq_constants(g: onnx.GraphProto) -> None:
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
     out_dir = Path(out_dir)
     path = out_dir / "model.onnx"
-    if model_io.in_memory_bytes(model) <= model_io.PROTO_LIMIT and not ctx.options.get("keep_names"):
+    external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+    if not external and model_io.in_memory_bytes(model) <= model_io.PROTO_LIMIT and not ctx.options.get("keep_names"):
         proto = model_io.to_proto(model)
         # Intermediate shapes are dead weight in a deployed file: ONNX Runtime infers them at load.
         del proto.graph.value_info[:]

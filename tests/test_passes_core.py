@@ -128,7 +128,7 @@ def test_lift_fold_dce_remove_constants_shape_math_identity_dropout():
 
 def test_pass_spec_parsing():
     p = parse_spec("fold:max_elements=10")
-    assert p.params == {"max_elements": 10}
+    assert p.params == {"max_elements": 10, "rounds": 8}
     with pytest.raises(EdgecError, match="unknown pass 'nope'"):
         parse_spec("nope")
     with pytest.raises(EdgecError, match="wants int"):
@@ -136,7 +136,7 @@ def test_pass_spec_parsing():
     with pytest.raises(EdgecError, match="no parameter 'zzz'"):
         parse_spec("fold:zzz=1")
     with pytest.raises(EdgecError, match="too many parameters"):
-        parse_spec("fold:1:2")
+        parse_spec("fold:1:2:3")
 
 
 class _BreakOutput(Pass):
