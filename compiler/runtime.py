@@ -107,3 +107,20 @@ def time_session(sess: ort.InferenceSession, feed: Feed, *, runs: int = 30, warm
     times.sort()
     return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],
             "p90_ms": times[min(len(times) - 1, (9 * len(times)) // 10)], "runs": runs}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's address space in MB: /proc's VmHWM.
+
+    Not ru_maxrss: Linux carries the parent's high-water mark into a child across exec, so every child
+    of a 300 MB benchmark process would report at least 300 MB. Elsewhere ru_maxrss is all there is."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

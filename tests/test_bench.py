@@ -55,8 +55,12 @@ def test_bench_digits_every_row_kind(tmp_path: Path) -> None:
     line = next(ln for ln in text.splitlines() if ln.startswith("| digits |"))
     cells = line.strip("|").split(" | ")
     assert re.fullmatch(r"x\d+\.\d\d", cells[1].strip())  # int8 latency ratio
-    assert cells[7].strip().startswith(str(nodes["fp32"]))
-    assert cells[8].strip().startswith("tflite-fp32 x")
+    assert re.fullmatch(r"x\d+\.\d\d", cells[4].strip())  # int8 size / fp32 size
+    # Calibration time and memory, edgec's default and edgec with ORT's method (MinMax), both against ORT.
+    assert re.fullmatch(r"x\d+\.\d\d \(x\d+\.\d\d\)", cells[5].strip()), cells[5]
+    assert "edgec:cpu-int8@minmax" in rows
+    assert cells[8].strip().startswith(str(nodes["fp32"]))
+    assert cells[9].strip().startswith("tflite-fp32 x")
     png = out.with_suffix(".png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 

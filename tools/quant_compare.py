@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,16 +54,9 @@ def calib_and_eval(name: str, n_calib: int, n_eval: int) -> tuple[list[dict], li
 
 
 def _rss_mb() -> float:
-    """Peak RSS of this process's own address space (VmHWM). Not ru_maxrss: Linux carries the parent's
-    high-water mark into a child across exec, so the children of ``rss`` (whose parent wrote 512 JPEGs)
-    reported 888 MB for 512 images against 308 MB for 32 while calibration itself stayed flat."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from edgec.runtime import peak_rss_mb  # VmHWM: ru_maxrss would carry the parent's 512-JPEG peak
+
+    return peak_rss_mb()
 
 
 # ------------------------------------------------------------------------------------------- children

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec import calib, model_io
+from edgec import calib, model_io, runtime
 from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, const_array, infer_shapes, nodes_of
 from edgec.pass_infra import Pass, PassContext, register
@@ -294,7 +294,7 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
     ctx.cache["calib_stats"] = (key, stats)  # (key, stats): the form backends/tensorrt.py reads
     ctx.cache["calib_histogram"] = histogram
     ctx.cache["calib_info"] = {"samples": total, "tensors": len(names), "seconds": round(time.perf_counter() - t0, 3),
-                               "peak_rss_mb": round(_peak_rss_mb(), 1)}
+                               "peak_rss_mb": round(runtime.peak_rss_mb(), 1)}
     return stats
 
 
@@ -655,17 +655,3 @@ def _scalar(graph: ir.Graph, value: np.ndarray, name: str, names: NameSource,
     if found is None or found.graph is not graph or found.name not in graph.initializers:
         found = shared[key] = add_initializer(graph, value, name, names)
     return found
-
-
-def _peak_rss_mb() -> float:
-    """VmHWM of this address space; ru_maxrss would include a parent's peak carried across exec."""
-    import resource
-
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
