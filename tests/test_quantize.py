@@ -430,3 +430,21 @@ def test_ort_artifact_compacts_qdq_names(digits_model: Path, digits_samples, tmp
     for x, y in zip(a, b):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_fallback_auto_ships_fp32_when_the_written_int8_is_slower(digits_model: Path, digits_samples,
+                                                                  tmp_path: Path, monkeypatch) -> None:
+    # The quantize pass's trial timing picks int8; the backend's check of the written file disagrees (both
+    # faked here: on a loaded 2-core machine they can). --fallback auto promised never slower: fp32 ships.
+    from edgec import quant_report
+
+    monkeypatch.setattr(quant_report, "fastest", lambda variants, feed, **kw: ("none", {k: 1.0 for k in variants}))
+    monkeypatch.setattr(quant_report, "compare_fp32", lambda fp32, int8, feed, **kw: {
+        "fp32_ms": 1.0, "int8_ms": 2.0, "ratio": 2.0, "int8_slower": True, "threads": 2, "pairs": 5})
+    feeds = [{"input": x} for x in digits_samples["input"][:32]]
+    res = edgec.compile(digits_model, target="cpu-int8", calib=feeds, samples=feeds[:4],
+                        options={"fallback": "auto", "bench_runs": 5}, out_dir=tmp_path / "o")
+    shipped = onnx.load(str(res.artifacts.files["model"]))
+    assert res.artifacts.figures["shipped"] == "fp32"
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in shipped.graph.node)
+    assert any("--fallback auto: int8 measured slower" in w for w in res.context.warnings)
