@@ -19,58 +19,74 @@ from edgec.errors import EdgecError
 from edgec.pass_infra import PassContext
 from edgec.records import Artifacts
 
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
-def compact_qdq_names(proto: onnx.ModelProto) -> int:
-    """Short names for what only Q/DQ nodes read or write: quantized weights, scales, zero points and the
-    DequantizeLinear outputs. Their long names repeat the float tensor's (``conv2d_451.tmp_0_zp``) three
-    times each, 8 % of an int8 detector's file. The float tensors, graph inputs/outputs and the compute
-    nodes keep their names, so a quantized tensor is still found through its QuantizeLinear's input;
-    the Q/DQ nodes themselves go unnamed.
-    Returns the bytes saved."""
+
+def compact(proto: onnx.ModelProto) -> None:
+    """Make an int8 file smaller without changing what ONNX Runtime computes from it.
+
+    Drops a Relu/Clip that a following QuantizeLinear already applies, keeps one copy of each constant
+    only Q/DQ nodes read, and gives those constants and the DequantizeLinear outputs short names. Their
+    long names repeat the float tensor's (``conv2d_451.tmp_0_zp``) three times each, 8 % of an int8
+    detector's file. The float tensors, graph inputs/outputs and the compute nodes keep their names, so
+    a quantized tensor is still found through its QuantizeLinear's input; Q/DQ nodes go unnamed.
+    """
     g = proto.graph
-    before = g.ByteSize()
-    qdq = ("QuantizeLinear", "DequantizeLinear")
     _drop_clips_inside_q_range(g)
     _share_qdq_constants(g)
-    readers: dict[str, set[str]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, set()).add(n.op_type)
     interface = {v.name for v in [*g.input, *g.output]}
+    readers = _reader_ops(g)
     renames: dict[str, str] = {}
     for k, t in enumerate(g.initializer):
-        if t.name not in interface and readers.get(t.name, set()) and readers[t.name] <= set(qdq):
+        if t.name not in interface and readers.get(t.name) and readers[t.name] <= QDQ:
             renames[t.name] = f"k{k}"
     for k, n in enumerate(g.node):
         if n.op_type == "DequantizeLinear" and n.output[0] not in interface:
             renames[n.output[0]] = f"d{k}"
     taken = {o for n in g.node for o in n.output} | {t.name for t in g.initializer} | interface
     if any(v in taken for v in renames.values()):
-        return 0  # a model already using such names: leave it as it is
+        return  # a model already using such names: leave its names as they are
     for t in g.initializer:
         t.name = renames.get(t.name, t.name)
     for n in g.node:
         n.input[:] = [renames.get(i, i) for i in n.input]
         n.output[:] = [renames.get(o, o) for o in n.output]
-        if n.op_type in qdq:
+        if n.op_type in QDQ:
             n.name = ""  # optional in ONNX; the compute nodes keep theirs for messages and profiles
-    return before - g.ByteSize()
 
 
-def _drop_clips_inside_q_range(g: onnx.GraphProto) -> int:
+def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _reader_ops(g: onnx.GraphProto) -> dict[str, set[str]]:
+    return {name: {n.op_type for n in nodes} for name, nodes in _readers(g).items()}
+
+
+def _scalar(consts: dict[str, np.ndarray], name: str, default: float) -> float | None:
+    """A scalar constant input's value; ``default`` for an omitted input, None when it is not constant."""
+    if not name:
+        return default
+    c = consts.get(name)
+    return float(c.reshape(())) if c is not None and c.size == 1 else None
+
+
+def _drop_clips_inside_q_range(g: onnx.GraphProto) -> None:
     """Remove a Relu/Clip whose only reader is a QuantizeLinear that saturates inside the clip bounds: the
     integers are the same with or without it, and ORT's ClipQuantFusion drops it at load anyway (PP-OCRv4
     det: 34 HardSigmoid clips). Done on the written file only: in the compiled model the Q still reads the
     clipped tensor, which keeps per-layer SQNR figures comparing like with like."""
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer if t.ByteSize() < 64}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    interface = {v.name for v in g.output}
+    readers = _readers(g)
+    outputs = {v.name for v in g.output}
     drop: dict[str, str] = {}  # Clip output -> Clip input
     for n in g.node:
-        if n.op_type not in ("Clip", "Relu") or n.domain not in ("", "ai.onnx") or n.output[0] in interface:
+        if n.op_type not in ("Clip", "Relu") or n.domain not in ("", "ai.onnx") or n.output[0] in outputs:
             continue
         users = readers.get(n.output[0], [])
         if len(users) != 1 or users[0].op_type != "QuantizeLinear" or len(users[0].input) < 3:
@@ -78,30 +94,33 @@ def _drop_clips_inside_q_range(g: onnx.GraphProto) -> int:
         scale, zp = consts.get(users[0].input[1]), consts.get(users[0].input[2])
         if scale is None or zp is None or scale.size != 1 or zp.size != 1 or zp.dtype.kind not in "iu":
             continue
+        if n.op_type == "Relu":
+            lo, hi = 0.0, np.inf
+        elif n.attribute:
+            continue  # opset < 11: bounds as attributes (not produced by edgec)
+        else:
+            ins = [*n.input[1:3], "", ""]
+            lo, hi = _scalar(consts, ins[0], -np.inf), _scalar(consts, ins[1], np.inf)
+            if lo is None or hi is None:
+                continue
         info = np.iinfo(zp.dtype)
         s, z = float(scale.reshape(())), int(zp.reshape(()))
         q_lo, q_hi = (info.min - z) * s, (info.max - z) * s
-        bound = [consts.get(i) if i else None for i in list(n.input[1:3])] if n.op_type == "Clip" else []
-        if n.op_type == "Clip" and (any(b is None for b, i in zip(bound, n.input[1:3]) if i) or n.attribute):
-            continue
-        lo = 0.0 if n.op_type == "Relu" else (float(bound[0].reshape(())) if bound and bound[0] is not None else -np.inf)
-        hi = np.inf if n.op_type == "Relu" else (float(bound[1].reshape(())) if len(bound) > 1 and bound[1] is not None
-                                                 else np.inf)
         tol = 1e-6 * max(abs(q_lo), abs(q_hi), 1.0)  # float32 rounding of the step
         if q_lo >= lo - tol and q_hi <= hi + tol:
             drop[n.output[0]] = n.input[0]
-    if drop:
-        keep = [n for n in g.node if not (n.op_type in ("Clip", "Relu") and n.output and n.output[0] in drop)]
-        for n in keep:
-            n.input[:] = [drop.get(i, i) for i in n.input]
-        del g.node[:]
-        g.node.extend(keep)
-        used = {i for n in g.node for i in n.input}
-        listed = interface | {v.name for v in g.input}  # an initializer that is also a graph input stays
-        kept_inits = [t for t in g.initializer if t.name in used or t.name in listed]
-        del g.initializer[:]
-        g.initializer.extend(kept_inits)
-    return len(drop)
+    if not drop:
+        return
+    keep = [n for n in g.node if not (n.op_type in ("Clip", "Relu") and n.output and n.output[0] in drop)]
+    for n in keep:
+        n.input[:] = [drop.get(i, i) for i in n.input]
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input}
+    listed = outputs | {v.name for v in g.input}  # an initializer that is also a graph input stays
+    kept_inits = [t for t in g.initializer if t.name in used or t.name in listed]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
 
 
 def _share_qdq_constants(g: onnx.GraphProto) -> None:
@@ -109,18 +128,13 @@ def _share_qdq_constants(g: onnx.GraphProto) -> None:
     triple (the quantized HardSigmoid shifts and factors repeat dozens of times). ONNX Runtime gives each
     consumer its own DQ again at load (EnsureUniqueDQForNodeUnit), so its fusions are unchanged."""
     interface = {v.name for v in [*g.input, *g.output]}
-    qdq_only: set[str] = set()
-    readers: dict[str, set[str]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, set()).add(n.op_type)
+    readers = _reader_ops(g)
     first: dict[tuple, str] = {}
     alias: dict[str, str] = {}
     keep = []
     for t in g.initializer:
-        if t.name not in interface and readers.get(t.name) and readers[t.name] <= {"QuantizeLinear", "DequantizeLinear"}:
-            qdq_only.add(t.name)
-            key = (t.data_type, tuple(t.dims), t.SerializeToString(deterministic=True).replace(t.name.encode(), b""))
+        if t.name not in interface and readers.get(t.name) and readers[t.name] <= QDQ:
+            key = (t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes())
             if key in first:
                 alias[t.name] = first[key]
                 continue
@@ -159,7 +173,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         proto = model_io.to_proto(model)
         # Intermediate shapes are dead weight in a deployed file: ONNX Runtime infers them at load.
         del proto.graph.value_info[:]
-        compact_qdq_names(proto)
+        compact(proto)
         model_io.write_proto(proto, path)
     else:
         path = model_io.save(model, path, value_info=False)
@@ -177,7 +191,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         runs = int(ctx.options.get("bench_runs", 30))
         if runs > 0:
             art.figures["latency"] = runtime.time_session(sess, ctx.samples[0], runs=runs)
-            float_model = ctx.cache.get("fp32_model") or ctx.cache.get("float_model")
+            float_model = ctx.cache.get("fp32_model")  # the quantize pass's input, as it would ship
             if ctx.scheme.get("precision") == "int8" and float_model is not None:
                 # Never slower: int8 is timed against the float model it came from, interleaved.
                 from edgec.quant_report import compare_fp32

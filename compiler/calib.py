@@ -357,7 +357,7 @@ def choose_range(st: TensorStats, method: str, lv: Levels, percentile: float = 9
 
 
 # ------------------------------------------------------------------------------------------- collection
-def _with_outputs(model: ir.Model | onnx.ModelProto, names: Sequence[str],
+def with_outputs(model: ir.Model | onnx.ModelProto, names: Sequence[str],
                   types: dict[str, int] | None = None) -> bytes:
     """The model with ``names`` added as graph outputs (float unless ``types`` says otherwise)."""
     proto = model_io.to_proto(model) if isinstance(model, ir.Model) else model
@@ -400,7 +400,7 @@ def collect(model: ir.Model, names: Sequence[str], feeds: Iterable[Feed], *, bat
     means of those in ``channels``). ``histogram=False`` keeps min/max only (enough for ``minmax``)."""
     names = list(dict.fromkeys(names))
     chan = set(channels)
-    sess = runtime.session(_with_outputs(model, names), optimization="basic")
+    sess = runtime.session(with_outputs(model, names), optimization="basic")
     stats = {n: TensorStats(bins=bins, histogram=histogram) for n in names}
     batchable = all(v.shape is not None and len(v.shape) > 0 and not isinstance(v.shape[0], int)
                     for v in model.graph.inputs)

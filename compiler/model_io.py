@@ -431,13 +431,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, value_info: bool = True) -
                             entry.value = data_name
                 onnx.save(proto, str(tmp))
         else:
-            with atomic_path(path) as tmp:
-                if value_info:
-                    tmp.write_bytes(to_bytes(model))
-                else:
-                    proto = to_proto(model)
-                    del proto.graph.value_info[:]
-                    tmp.write_bytes(proto.SerializeToString())
+            proto = to_proto(model)
+            if not value_info:
+                del proto.graph.value_info[:]
+            return write_proto(proto, path)
     except OSError as exc:
         raise EdgecError(f"{path}: cannot write ({exc.strerror or exc})",
                          hint="check the output folder exists, is writable and has free space") from None

@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec import model_io, runtime
-from edgec.calib import _with_outputs
+from edgec.calib import with_outputs
 from edgec.graph import const_array
 
 Feed = dict[str, np.ndarray]
@@ -63,8 +63,8 @@ def layer_sqnr(fp32_model: ir.Model | bytes, int8_model: ir.Model, feeds: Iterab
     q_names = list(dict.fromkeys([ints[p[1]][0] if p[1] in ints and p[1] not in outs else p[1] for p in pairs]
                                  + outs))
     types = {ints[q][0]: ints[q][3] for q in ints}
-    sf = runtime.session(_with_outputs(fp32, f_names), optimization="basic", lean=True)
-    sq = runtime.session(_with_outputs(int8_model, q_names, types), optimization="basic", lean=True)
+    sf = runtime.session(with_outputs(fp32, f_names), optimization="basic", lean=True)
+    sq = runtime.session(with_outputs(int8_model, q_names, types), optimization="basic", lean=True)
     acc = {p[0]: np.zeros(4) for p in pairs}  # sum a^2, sum (a-b)^2, sum a*b, sum b^2
     acc_out = {o: np.zeros(4) for o in outs}
     for i, feed in enumerate(feeds):

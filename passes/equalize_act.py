@@ -16,13 +16,12 @@ cap 20 gave +2.0 dB output SQNR after cpu-int8, cap 100 +1.2 dB, cap 1000 -2.3 d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
-from edgec import model_io, runtime
+from edgec import calib, model_io, runtime
 from edgec.graph import attr, const_array, consumers, nodes_of, only_consumer, set_input_const
 from edgec.graph import infer_shapes as _infer_shapes
 from edgec.pass_infra import Feed, Pass, PassContext, register
@@ -46,7 +45,7 @@ class EqualizeActivations(Pass):
         if not sites:
             ctx.details["equalized"] = []
             return False
-        feeds = list(_head(ctx.calibration_feeds(), self.samples))
+        feeds = list(itertools.islice(ctx.calibration_feeds(), self.samples))
         ranges = _channel_absmax(model, [s.tensor for s in sites], feeds)
         rows = []
         for site in sites:
@@ -132,23 +131,11 @@ def _sites(model: ir.Model) -> list[_Site]:
     return out
 
 
-def _head(feeds: Sequence[Feed], n: int):
-    for i, f in enumerate(feeds):
-        if i >= n:
-            break
-        yield f
-
-
 def _channel_absmax(model: ir.Model, tensors: list[ir.Value], feeds: list[Feed]) -> dict[str, np.ndarray]:
     """Largest |value| per channel (axis 1) of each tensor over the feeds, from one ORT session."""
-    proto = model_io.to_proto(model)
     names = [t.name or "" for t in tensors]
-    have = {o.name for o in proto.graph.output}
-    for n in names:
-        if n not in have:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    sess = runtime.session(proto.SerializeToString(), optimization="basic", external_dir=model_io.external_dir(model),
-                           lean=True)
+    sess = runtime.session(calib.with_outputs(model, names), optimization="basic",
+                           external_dir=model_io.external_dir(model), lean=True)
     acc = {n: np.zeros(0) for n in names}
     for feed in feeds:
         for n, v in zip(names, sess.run(names, runtime.input_feed(sess, feed))):

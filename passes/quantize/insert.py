@@ -76,10 +76,9 @@ class Quantize(Pass):
             fallback = self._measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped)
             if fallback == ["fp32"]:
                 return False  # the model is untouched: the decomposition has not been applied to it
-        if decompose:
-            n = decompose_hard_activations(model.graph)
-            if n:
-                ctx.details["hard_activations_decomposed"] = n
+        decomposed = decompose_hard_activations(model.graph) if decompose else 0
+        if decomposed:
+            ctx.details["hard_activations_decomposed"] = decomposed
         exclude += fallback_exclusions(model.graph, fallback)
         plan = place(model.graph, scheme, exclude, share_concat=share)
         if not plan.nodes and not plan.tensors:
@@ -87,7 +86,8 @@ class Quantize(Pass):
             return False
         # ``minmax`` needs no histograms: min/max only, as ONNX Runtime's MinMax calibrator keeps.
         stats = calibrate(model, [t.name or "" for t in plan.tensors], ctx, self.batch, histogram=method != "minmax")
-        before = model_io.to_bytes(model) if ctx.samples else None
+        # The float model the int8 one is measured against: the shipped bytes unless HardSwish was decomposed.
+        before = (model_io.to_bytes(model) if decomposed else shipped) if ctx.samples else None
         # The bias-correct pass (empirical, after quantize) measures the shift itself: correcting here
         # too would subtract it twice.
         bc_opt = False if ctx.options.get("bias_correct") else ctx.options.get("bias_correction", "auto")
