@@ -168,8 +168,11 @@ def _share_qdq_constants(g: onnx.GraphProto) -> None:
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
     out_dir = Path(out_dir)
     path = out_dir / "model.onnx"
+    keep_names = ctx.options.get("keep_names", False)
+    if not isinstance(keep_names, bool):
+        raise EdgecError(f"--set keep_names={keep_names}: expected true or false")
     external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
-    if not external and model_io.in_memory_bytes(model) <= model_io.PROTO_LIMIT and not ctx.options.get("keep_names"):
+    if not external and model_io.in_memory_bytes(model) <= model_io.PROTO_LIMIT and not keep_names:
         proto = model_io.to_proto(model)
         # Intermediate shapes are dead weight in a deployed file: ONNX Runtime infers them at load.
         del proto.graph.value_info[:]

@@ -193,6 +193,10 @@ def _shape_unknown_input(w: Path) -> list[str]:
     return _compile(str(w / "model.onnx"), "--shape", "image=1,1,8,8", "-o", str(w / "out"))
 
 
+def _keep_names_not_bool(w: Path) -> list[str]:
+    return _compile(str(w / "model.onnx"), "--set", "keep_names=maybe", "-o", str(w / "out"))
+
+
 def _shape_rank(w: Path) -> list[str]:
     return _compile(str(w / "model.onnx"), "--shape", "input=1,8,8", "-o", str(w / "out"))
 
@@ -405,6 +409,8 @@ CASES: list[Case] = [
     Case("bad-target-file", "--target-file that is not valid TOML", _bad_target_file, ("{w}/targets.toml",)),
     Case("num-samples", "--num-samples 0", _num_samples, ("--num-samples",)),
     Case("report-suffix", "--report with an unknown extension", _report_suffix, ("--report", "{w}/r.txt")),
+    Case("keep-names-not-bool", "--set keep_names with a value other than true/false", _keep_names_not_bool,
+         ("keep_names", "maybe"), hint=False),
 ]
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec import runtime
+from edgec import calib, runtime
 from edgec.graph import attr, const_array, set_input_const
 
 RIDGE = 1e-3  # lam = RIDGE * mean diagonal of G
@@ -78,12 +78,7 @@ def plan_fits(graph: ir.Graph, sel, analysis) -> list[Fit]:
 
 
 def _with_outputs(proto_bytes: bytes, names: list[str]):
-    proto = onnx.ModelProto.FromString(proto_bytes)
-    have = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in have:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return runtime.session(proto.SerializeToString(), optimization="basic")
+    return runtime.session(calib.with_outputs(onnx.ModelProto.FromString(proto_bytes), names), optimization="basic")
 
 
 def collect(unpruned: bytes, fits: list[Fit], feeds: Sequence[dict[str, np.ndarray]], limit: int,
