@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EdgecError
+from edgec.errors import EXIT_USER, EdgecError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"edgec: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", EXIT_USER)
     except BrokenPipeError:
         # `edgec inspect x --json | head`: the reader left; nothing to report.
         sys.stderr.close()

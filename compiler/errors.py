@@ -1,4 +1,5 @@
-"""User-facing errors: one line for a person, exit code 2 at the CLI."""
+"""User-facing errors: one line for a person. Exit codes at the CLI: 0 ok, 1 an internal error (a bug in
+edgec), 2 a user mistake (EdgecError), 3 a budget not met (BudgetNotMet: the best model IS written)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,13 @@ class EdgecError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_BUDGET = 0, 1, 2, 3
+
+
+class BudgetNotMet(EdgecError):
+    """An accuracy budget (--min-sqnr, --max-drop) was not met. The best model found has been written;
+    the CLI prints this one line and exits with EXIT_BUDGET so build scripts notice."""
+
+    exit_code = EXIT_BUDGET

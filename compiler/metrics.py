@@ -144,6 +144,12 @@ def _top1(reference: Sequence[Feed], candidate: Sequence[Feed], name: str) -> fl
     return float(np.mean(ra == ca))
 
 
+def per_sample_sqnr(reference: Sequence[Feed], candidate: Sequence[Feed]) -> np.ndarray:
+    """SQNR dB of each sample on its own (the worst of its outputs): the spread an aggregate hides."""
+    return np.array([min((sqnr_db(r[n], c[n]) for n in r), default=math.inf)
+                     for r, c in zip(reference, candidate)], dtype=np.float64)
+
+
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     a = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((a - np.asarray(candidate, dtype=np.float64)) ** 2))

@@ -17,7 +17,7 @@ from edgec import metrics, model_io, runtime, targets
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import PassContext
-from edgec.passes.quantize.insert import Quantize, weight_bits_for
+from edgec.passes.quantize.insert import Quantize
 from edgec.passes.quantize.scheme import QuantScheme
 
 
@@ -118,8 +118,7 @@ def test_ort_placement_structure_and_numbers(feeds16: list[dict]) -> None:
             assert wdq.op_type == xdq.op_type == "DequantizeLinear"
             wq, ws = const_array(wdq.inputs[0]), const_array(wdq.inputs[1])
             assert wq.dtype == np.int8 and ws.shape == (wq.shape[0],) and wdq.attributes["axis"].value == 0
-            bits = weight_bits_for(QuantScheme.from_mapping(targets.get("cpu-int8").scheme))
-            assert np.abs(wq).max() <= 2 ** (bits - 1) - 1
+            assert np.abs(wq).max() <= 63  # cpu-int8's portable 7-bit weights, on any compiling machine
             if node.op_type == "Conv":
                 assert bdq is None and const_array(node.inputs[2]).dtype == np.float32
                 assert len(wdq.inputs) == 2

@@ -1,8 +1,9 @@
 """The ``quantize`` pass: calibrate once, then insert QuantizeLinear/DequantizeLinear pairs.   lossy
 
 Weights: int8, symmetric, per output channel (axis: Conv 0, ConvTranspose 1, Gemm 0 if transB else 1,
-MatMul 1), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x. On
-x86 without VNNI the ORT target uses 7-bit weights (see weight_bits_for: MLAS's int16 saturation).
+MatMul 1), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x. The
+weight width is the target's (scheme ``weight_bits``: 7 on the portable ORT x86 target, where MLAS without
+VNNI saturates int16 sums; 8 elsewhere), never the compiling machine's: the same inputs give the same bytes.
 Bias (scheme bias=int32): int32 with scale = s_in * s_w per channel, zero point 0, which is exactly what
 ONNX Runtime's QLinearConv/QGemm fusions expect; optionally bias-corrected for the expected shift the
 weight rounding causes (Nagel et al. 2019), from per-channel input means collected in the same pass.
@@ -49,10 +50,17 @@ class Quantize(Pass):
     exclude: list[str] | None = None
     fallback: str = ""  # '' | auto | depthwise | se | hardswish | first | last, '+'-joined
     batch: int = 8
-    weight_bits: int = 0  # 8 or 7; 0 = auto (see weight_bits_for)
+    weight_bits: int = 0  # 8 or 7; 0 = the target scheme's (or --set weight_bits=N)
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        overrides = {"per_channel": bool(ctx.options["per_channel"])} if ctx.options.get("per_channel") is not None else {}
+        overrides: dict[str, Any] = {}
+        if ctx.options.get("per_channel") is not None:
+            overrides["per_channel"] = bool(ctx.options["per_channel"])
+        bits_from = "the target's scheme"
+        if self.weight_bits:
+            overrides["weight_bits"], bits_from = self.weight_bits, "the pass parameter quantize:weight_bits"
+        elif ctx.options.get("weight_bits") is not None:
+            overrides["weight_bits"], bits_from = _int_option(ctx.options["weight_bits"], "weight_bits"), "--set weight_bits"
         scheme = QuantScheme.from_mapping({**(ctx.scheme or {"precision": "int8"}), **overrides})
         method = self.method or str(ctx.options.get("calib_method") or "auto")
         if method not in calib.METHODS:
@@ -60,7 +68,7 @@ class Quantize(Pass):
         exclude = list(self.exclude or []) + _as_list(ctx.options.get("exclude"))
         fallback = _as_list(self.fallback or ctx.options.get("fallback"))
         share = bool(ctx.options.get("share_concat", True))
-        bits = self.weight_bits or int(ctx.options.get("weight_bits") or 0) or weight_bits_for(scheme)
+        bits = scheme.weight_bits
         infer_shapes(model)
         _name_values(model.graph)
         # The float model as it would ship (HardSwish still one op): what int8 must beat in speed. The
@@ -103,6 +111,10 @@ class Quantize(Pass):
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
         ctx.details["bias_correction"] = bc
         ctx.details["weight_bits"] = bits
+        ctx.details["weight_bits_why"] = f"{bits}-bit weights from {bits_from}: " + (
+            "portable for ONNX Runtime on any x86 (MLAS without VNNI sums u8*s8 pairs in a saturating int16); "
+            "use --target cpu-int8-vnni or --set weight_bits=8 where the deployment CPU has VNNI/AMX or ARM dot products"
+            if bits == 7 else "the full int8 range (the runtime accumulates in int32)")
         if before is not None and ctx.options.get("layer_sqnr", True):
             rows = _with_measured_sqnr(rows, before, model, ctx)
         ctx.details["method"] = method
@@ -188,28 +200,6 @@ class Quantize(Pass):
         return candidates[best]
 
 
-def weight_bits_for(scheme: QuantScheme) -> int:
-    """7-bit weights for ONNX Runtime on x86 without VNNI, else 8.
-
-    There MLAS multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds two
-    products into a saturating int16: 255*127*2 > 32767, so full-range weights silently clip sums
-    (measured on the digits model: 35.6 dB simulated vs 10.4 dB with ORT's fused kernels). 7-bit
-    weights (|w| <= 63) cannot saturate. VNNI (VPDPBUSD) and ARM's SDOT/UDOT accumulate in int32.
-    """
-    if scheme.placement != "ort":
-        return 8
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return 8
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return 7
-    return 8 if ("avx512_vnni" in flags or "avx_vnni" in flags) and scheme.act_dtype == "uint8" else 7
-
-
 def _with_measured_sqnr(rows: list[dict[str, Any]], before: bytes, model: ir.Model, ctx: PassContext
                         ) -> list[dict[str, Any]]:
     """Add each activation's SQNR against the float model on the sample inputs; worst first."""
@@ -226,6 +216,13 @@ def _with_measured_sqnr(rows: list[dict[str, Any]], before: bytes, model: ir.Mod
             r["sqnr_db"], r["cosine"] = m["sqnr_db"], m["cosine"]
     ctx.details["outputs"] = [m for m in measured.values() if m.get("is_output")]
     return sorted(rows, key=lambda r: (r.get("sqnr_db") is None, r.get("sqnr_db") or 0.0))
+
+
+def _int_option(value: Any, key: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EdgecError(f"--set {key}={value!r}: expected a whole number", hint="7 or 8") from None
 
 
 def _as_list(value: Any) -> list[str]:
