@@ -402,10 +402,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows += run_one(model, dist, args, Path(tmp))
                 except zoo.ZooUnavailable as exc:
                     print(f"  skipped: {exc}", flush=True)
+            if args.json:  # after every distribution: a long run stopped late keeps its finished rows
+                Path(args.json).write_text(json.dumps({"versions": versions(), "rows": rows, "calib": args.calib,
+                                                       "eval": args.eval, "eval_photos": EVAL_PHOTOS}, indent=1))
     print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"versions": versions(), "rows": rows, "calib": args.calib,
-                                               "eval": args.eval, "eval_photos": EVAL_PHOTOS}, indent=1))
     return 0
 
 
