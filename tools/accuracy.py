@@ -381,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--dists", nargs="*", default=None, help="only these distribution names (e.g. text@320)")
     ap.add_argument("--calib", type=int, default=None, help="calibration images (default 32; --quick 8)")
     ap.add_argument("--eval", type=int, default=None, help="held-aside evaluation images (default 16; --quick 6)")
-    ap.add_argument("--quick", action="store_true", help="8 calibration and 6 evaluation images, for iterating (PP-LCNet: about 2 min for both "
+    ap.add_argument("--quick", action="store_true",
+                    help="8 calibration and 6 evaluation images, for iterating (PP-LCNet: about 2 min for both "
                     "distributions with ORT and NNCF on a busy 2-core machine; the OCR detector far longer)")
     ap.add_argument("--json", default=None, help="write every row and the versions as JSON here")
     args = ap.parse_args(argv)
