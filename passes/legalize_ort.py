@@ -174,8 +174,15 @@ def _short_names(g: ir.Graph) -> int:
         | {v.name for v in [*g.inputs, *g.outputs]}
     if any(name in taken for name in renames.values()):
         return 0  # a model already using such names: leave its names as they are
+    order = list(g.initializers.values())
     for v, name in renames.items():
         v.name = name
+    # A renamed initializer moves to the end of onnx_ir's table; keep the file's order as it was.
+    for v in order:
+        assert v.name is not None
+        g.initializers.pop(v.name)
+    for v in order:
+        g.register_initializer(v)
     for n in g:
         if n.op_type in QDQ:
             n.name = None  # optional in ONNX; the compute nodes keep theirs for messages and profiles
