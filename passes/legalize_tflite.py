@@ -33,6 +33,8 @@ def raise_opset(model: ir.Model, version: int, ctx: PassContext) -> bool:
     new = model_io.ensure_opset(model, version)
     model.graph = new.graph
     model.ir_version = new.ir_version
+    model.functions.clear()
+    model.functions.update(new.functions)
     ctx.details["opset_upgraded_to"] = version
     return True
 
