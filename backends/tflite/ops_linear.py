@@ -1,7 +1,8 @@
 """Handlers for the ops with weights: Conv, ConvTranspose (grouped too), Gemm, MatMul.
 
 Explicit PAD before convolutions whose ONNX padding SAME cannot express; Flatten -> FULLY_CONNECTED reads
-the NHWC map with permuted weights (no TRANSPOSE); grouped convolutions XNNPACK lacks are SPLIT + CONV.
+the NHWC map with permuted weights (no TRANSPOSE); a grouped convolution is SPLIT, one CONV_2D per
+group, CONCATENATION.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Handlers for pooling and reductions: MaxPool/AveragePool, global pools, ReduceMean/Max/Sum.
 
-MaxPool padding is an explicit PAD (XNNPACK takes it; TFLite's SAME differs from ONNX's pads), and an
-AveragePool that counts padding is corrected by a per-position factor.
+MaxPool padding that SAME cannot express is an explicit PAD (XNNPACK takes PAD, not PADV2); an
+AveragePool whose ONNX divisor differs from TFLite's is zero-padded, averaged VALID and rescaled by
+window / count per position.
 """
 
 from __future__ import annotations
