@@ -24,6 +24,8 @@ from edgec.records import Artifacts, Drift
 # The op handlers register themselves in registry.HANDLERS on import (one module per op family).
 from . import layout, ops_elementwise, ops_linear, ops_pool, ops_shape, ops_transformer  # noqa: F401
 from .converter import Converter
+from .timing import RUNTIME as LAYER_RUNTIME  # noqa: F401 - the tflite targets' layer timer (api)
+from .timing import layer_timer  # noqa: F401
 from .writer import Builder, write_atomic
 
 __all__ = ["LiteRTModel", "convert", "drift", "emit", "static_copy"]
