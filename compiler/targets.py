@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,50 @@ class Target:
     def outline(self) -> str:
         """``cleanup(9) + quantize(2) + legalize-ort-int8(1)``: the pipeline by stage, for listings."""
         return " + ".join(f"{name or 'own'}({len(ps)})" for name, ps in self.stages) or "no passes"
+
+
+def with_added(target: Target, specs: Sequence[str]) -> list[str]:
+    """The target's pipeline with ``--add`` passes inserted where each belongs: at the end of the stage its
+    class names (``add_after``: depthwise and prune after ``cleanup``, before quantization; bias-correct
+    after ``quantize``), in the order given. A stage the target lacks is a clear error."""
+    from edgec.pass_infra import registry
+
+    pipeline = list(target.passes)
+    ends: dict[str, int] = {}
+    at = 0
+    for name, passes in target.stages:
+        at += len(passes)
+        if name:
+            ends[name] = at
+    inserted: dict[str, int] = {}
+    for spec in specs:
+        name = spec.split(":", 1)[0]
+        cls = registry().get(name)
+        if cls is None:
+            raise EdgecError(f"--add {spec}: unknown pass '{name}'", hint="`edgec passes` lists them")
+        after = getattr(cls, "add_after", "")
+        if not after:
+            raise EdgecError(f"--add {spec}: '{name}' has no documented stage to join",
+                             hint="spell the pipeline out with --passes")
+        if after not in ends:
+            raise EdgecError(f"--add {spec}: target '{target.name}' has no '{after}' stage for {name} to follow",
+                             hint=f"its stages: {target.outline()}")
+        index = ends[after] + sum(n for st, n in inserted.items() if ends[st] <= ends[after])
+        pipeline.insert(index, spec)
+        inserted[after] = inserted.get(after, 0) + 1
+    return pipeline
+
+
+def add_points(target: Target) -> dict[str, list[str]]:
+    """Stage -> the registered passes ``--add`` inserts after it, for this target (``edgec targets``)."""
+    from edgec.pass_infra import registry
+
+    out: dict[str, list[str]] = {n: [] for n, _ in target.stages if n}
+    for pname, cls in registry().items():
+        after = getattr(cls, "add_after", "")
+        if after in out:
+            out[after].append(pname)
+    return {stage: names for stage, names in out.items() if names}
 
 
 def _pass_list(value: Any, where: str) -> list[str]:
