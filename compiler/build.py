@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import html
 import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -311,7 +312,7 @@ class _executor:
                 raise EdgecError("--ray needs Ray", hint="pip install 'edgec[ray]'") from None
             try:
                 ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR")
+                         log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise EdgecError(f"--ray {self.address or ''}: cannot reach a Ray cluster ({str(exc)[:200]})",
                                  hint="start one with `ray start --head` or give its address") from None

@@ -19,7 +19,7 @@ from edgec.cli import main as cli
 from edgec.errors import EXIT_USER
 
 sys.path.insert(0, str(Path(__file__).parent))
-import graphs  # noqa: E402
+import graphs
 
 DIGITS, DIGITS_SAMPLES = edgec.example_paths()
 TARGETS = ["cpu-fp32", "cpu-int8"]
@@ -139,7 +139,7 @@ def test_ray_cluster_matches_serial(tmp_path: Path) -> None:
     try:
         rows = build.build(m, use_ray=True, ray_address=f"127.0.0.1:{port}")
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([str(ray_bin), "stop", "--force"], check=False, capture_output=True, timeout=120)
         ray.shutdown()
     assert [r["status"] for r in rows] == ["built"] * 6
     assert _digests(m.out) == serial
