@@ -222,9 +222,13 @@ def nncf_fixed(src: str | Path, dst: str | Path) -> Path:
     model = onnx.load(str(src))
     if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
         model = version_converter.convert_version(model, 13)
+    # A Constant feeding a Cast stays a node: NNCF 3.4's eliminate_nop_cast reads the Cast input's value_info
+    # and fails with "AttributeError: type" when it finds an initializer there (ppocr-cls, ppocr-rec).
+    cast_inputs = {i for n in model.graph.node if n.op_type == "Cast" for i in n.input}
     keep = []
     for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if (node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value"
+                and node.output[0] not in cast_inputs):
             t = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
             model.graph.initializer.append(t)
         else:
@@ -236,12 +240,13 @@ def nncf_fixed(src: str | Path, dst: str | Path) -> Path:
 
 
 def nncf_fix_applies(src: str | Path) -> bool:
-    """Whether nncf_fixed changes the file: opset below 13 or Constant nodes in the main graph."""
+    """Whether nncf_fixed changes the file: opset below 13 or a Constant node it would lift."""
     import onnx
 
     model = onnx.load(str(src), load_external_data=False)
     opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return opset < 13 or any(n.op_type == "Constant" for n in model.graph.node)
+    cast_inputs = {i for n in model.graph.node if n.op_type == "Cast" for i in n.input}
+    return opset < 13 or any(n.op_type == "Constant" and n.output[0] not in cast_inputs for n in model.graph.node)
 
 
 def quantize_nncf(src: str | Path, dst: str | Path, calib: Sequence[Feed]) -> str:
