@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from edgec import metrics, model_io, runtime
 from edgec.errors import EdgecError
+from edgec.manager import run_batched
 from edgec.pass_infra import PassContext
 from edgec.records import Artifacts
 
@@ -188,8 +189,13 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         raise EdgecError(f"{path}: ONNX Runtime cannot load the compiled model: {str(exc).splitlines()[0][:300]}",
                          hint="a bug in edgec: please report it with the model") from None
     if ctx.samples:
-        outputs = runtime.run(sess, ctx.samples)
-        if "reference_outputs" in ctx.cache:
+        # Scored on the held-aside set the manager ran the input model on (ctx.samples without one).
+        held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
+        if held and reference is not None:
+            outputs = run_batched(sess, held)
+            art.figures["drift"] = metrics.drift(reference, outputs, ctx.cache.get("eval_indices")).to_dict()
+        elif "reference_outputs" in ctx.cache:
+            outputs = runtime.run(sess, ctx.samples)
             art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()
         runs = int(ctx.options.get("bench_runs", 30))
         if runs > 0:
