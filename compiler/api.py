@@ -251,10 +251,11 @@ def _held_aside(sets: SampleSets, mgr: Manager, calib_src: data.FeedSource | Non
         return {"calibrated_on": n_cal, "held_aside": 0, "scored": len(mgr.eval_feeds), "indices": [],
                 "source": sets.how, "line": line}
     scored = len(mgr.eval_feeds)
-    of = f" of {len(sets.held)} (stopped by {mgr.eval_truncated}; --num-samples sets the cap)" \
-        if mgr.eval_truncated else ""
+    of = f"{scored} of " if mgr.eval_truncated else ""
     cal = f"calibrated on {n_cal}, " if calib_src is not None else "calibrated on the check samples, "
-    line = f"{cal}scored on {scored}{of} held aside ({sets.how})"
+    line = f"{cal}scored on {of}{len(sets.held)} held aside ({sets.how})"
+    if mgr.eval_truncated:
+        line += f": stopped by {mgr.eval_truncated} (--num-samples sets the cap)"
     return {"calibrated_on": n_cal, "held_aside": len(sets.held), "scored": scored, "indices": mgr.eval_indices,
             "source": sets.how, "truncated_by": mgr.eval_truncated, "checks": len(sets.checks), "line": line}
 
@@ -348,9 +349,13 @@ def inspect(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ..
 
 
 def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike | None = None,
-         num_samples: int = 8, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
-    """Structural and numeric difference between two models with the same interface."""
+         num_samples: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Structural and numeric difference between two models with the same interface.
+
+    The numbers are over every sample of ``calib`` (the CLI's ``--samples``), up to ``num_samples``
+    (default EVAL_CAP), with the same per-sample spread compile reports."""
     from edgec import metrics, runtime
+    from edgec.manager import run_batched
 
     ma, mb = load_model(a, shapes), load_model(b, shapes)
     sa, sb = metrics.summarize(ma), metrics.summarize(mb)
@@ -360,9 +365,13 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike
         raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically")
     warnings: list[str] = []
     calib_src = data.load_feeds(calib, ma, limit=None)
-    feeds, desc = sample_feeds(ma, calib_src, None, num_samples, None, warnings)
-    outs_a = runtime.run(runtime.session(ma), feeds)
-    outs_b = runtime.run(runtime.session(mb), feeds)
+    n = num_samples or EVAL_CAP
+    if calib_src is not None:
+        feeds, desc = calib_src.head(n), f"{min(len(calib_src), n)} of {calib_src.description}"
+    else:
+        feeds, desc = sample_feeds(ma, None, None, n, None, warnings)
+    outs_a = run_batched(runtime.session(ma), feeds)
+    outs_b = run_batched(runtime.session(mb), feeds)
     oa, ob = [o.name for o in ma.graph.outputs], [o.name for o in mb.graph.outputs]
     if oa != ob:
         # Same count: compare by position, renaming b's outputs to a's.

@@ -47,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target-file", help="a TOML file defining more targets")
     c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
     c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
-    c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
-    c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
+    c.add_argument("--samples", "--eval", dest="samples",
+                   help="held-aside inputs drift is scored on (default: every 4th sample of --calib, which "
+                        "calibration then never sees)")
+    c.add_argument("--num-samples", type=int,
+                   help="score on at most this many held-aside samples (default: all, up to 256, within a "
+                        "5 s budget of float runs; the count is printed)")
     c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
     c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"],
                    help="activation range method for quantize")
@@ -67,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--metric", help="mixed precision metric: sqnr, top1 or module:function")
     q.add_argument("--max-drop", type=float, help="mixed precision: largest allowed top-1 drop (points)")
     q.add_argument("--min-sqnr", type=float, help="mixed precision: lowest allowed output SQNR (dB)")
+    q.add_argument("--budget-on", choices=["mean", "p10", "min"], default="p10",
+                   help="which held-aside SQNR --min-sqnr bounds: the aggregate over all samples (mean), the "
+                        "10th-percentile sample (p10, default: a collapsing tenth of the inputs fails it, one "
+                        "odd input does not) or the worst sample (min)")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -94,8 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diff", help="structural and numeric difference between two models")
     d.add_argument("a")
     d.add_argument("b")
-    d.add_argument("--calib", help="sample inputs (image folder, .npz, module:function); default random")
-    d.add_argument("--num-samples", type=int, default=8)
+    d.add_argument("--samples", "--calib", dest="calib",
+                   help="inputs to compare on (image folder, .npz, module:function); default random")
+    d.add_argument("--num-samples", type=int, help="compare on at most this many of them (default all, up to 256)")
     d.add_argument("--json", action="store_true")
     _add_common(d)
 
@@ -225,7 +234,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if not args.model:
             raise EdgecError("no model given", hint="edgec compile model.onnx -o out/  (or --example)")
         model, calib, out = args.model, args.calib, args.out
-    if args.num_samples < 1:
+    if args.num_samples is not None and args.num_samples < 1:
         raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
     opts = _options(args)
@@ -241,7 +250,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
             on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None,
-            progress=status is not None)
+            progress=status is not None, min_sqnr=args.min_sqnr, budget_on=args.budget_on)
     finally:
         if status is not None:
             status.stop()
@@ -265,7 +274,7 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
                                      min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
-                                     target_file=args.target_file)
+                                     target_file=args.target_file, budget_on=args.budget_on)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if console is not None:
         console.print(res.message)
@@ -326,10 +335,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         console.print(f"{key:>7}: {sa[key]:>14,} -> {sb[key]:>14,}  ({sb[key] - sa[key]:+,})")
     for op, (na, nb) in res["ops_changed"].items():
         console.print(f"  {op}: {na} -> {nb}")
-    d = res["drift"]
-    console.print(f"drift on {res['samples']}: max abs {d['max_abs']:.3e}  max rel {d['max_rel']:.3e}  "
-                  f"SQNR {d['sqnr_db']:.1f} dB  cosine {d['cosine']:.6f}"
-                  + (f"  top-1 {d['top1']:.4f}" if d["top1"] is not None else ""))
+    from edgec.report import drift_line
+
+    console.print(f"drift of b vs a{drift_line(res['drift'], held='')}  (inputs: {res['samples']})")
     for w in res["warnings"]:
         console.print(f"[bold yellow]warning:[/] {w}")
     return 0

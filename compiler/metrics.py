@@ -154,7 +154,7 @@ def _spread(d: Drift, reference: Sequence[Feed], candidate: Sequence[Feed], indi
         d.below_10db = int(np.sum(per < COLLAPSE_DB))
     for name in reference[0]:
         shape = tuple(np.shape(reference[0][name]))
-        if not looks_like_logits(shape) or any(tuple(np.shape(c.get(name))) != shape for c in candidate):
+        if not looks_like_logits(shape) or any(name not in c or tuple(np.shape(c[name])) != shape for c in candidate):
             continue
         for k, (r, c) in enumerate(zip(reference, candidate)):
             ra = np.asarray(r[name], dtype=np.float64).reshape(-1, shape[-1])

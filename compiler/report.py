@@ -132,7 +132,7 @@ def drift_line(d: dict[str, Any], held: str = "held-aside") -> str:
     10th percentile, median, inputs below 10 dB) and the top-1 flips by sample number. Used by compile
     (the artifact) and diff."""
     n = d.get("samples") or 0
-    text = f" on {n} {held} samples" if n else ""
+    text = f" on {n} {held + ' ' if held else ''}samples" if n else ""
     text += f": SQNR {_db(d['sqnr_db'])} dB"
     if d.get("sqnr_min") is not None:
         text += (f" (per sample: min {_db(d['sqnr_min'])} at sample {d.get('worst_sample')}, "
