@@ -189,14 +189,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         raise EdgecError(f"{path}: ONNX Runtime cannot load the compiled model: {str(exc).splitlines()[0][:300]}",
                          hint="a bug in edgec: please report it with the model") from None
     if ctx.samples:
-        # Scored on the held-aside set the manager ran the input model on (ctx.samples without one).
-        held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
-        if held and reference is not None:
-            outputs = run_batched(sess, held)
-            art.figures["drift"] = metrics.drift(reference, outputs, ctx.cache.get("eval_indices")).to_dict()
-        elif "reference_outputs" in ctx.cache:
-            outputs = runtime.run(sess, ctx.samples)
-            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()
+        _score(art, sess, ctx)
         runs = int(ctx.options.get("bench_runs", 30))
         if runs > 0:
             art.figures["latency"] = runtime.time_session(sess, ctx.samples[0], runs=runs)
@@ -218,6 +211,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
                     art.figures["bytes"] = path.stat().st_size
                     art.figures["shipped"] = "fp32"
                     art.figures["latency"] = runtime.time_session(runtime.session(path), ctx.samples[0], runs=runs)
+                    _score(art, runtime.session(path), ctx)  # the drift of the file that ships
                     ctx.warn(f"--fallback auto: int8 measured slower than fp32 ({cmp['int8_ms']:.3f} vs "
                              f"{cmp['fp32_ms']:.3f} ms); {path.name} is the fp32 model")
                 elif cmp["int8_slower"]:
@@ -230,6 +224,16 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     else:
         art.notes.append("no sample inputs: the model was loaded but not run or timed")
     return art
+
+
+def _score(art: Artifacts, sess: Any, ctx: PassContext) -> None:
+    """The artifact's drift, scored on the held-aside set the manager ran the input model on (on
+    ctx.samples when there is none)."""
+    held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
+    if held and reference is not None:
+        art.figures["drift"] = metrics.drift(reference, run_batched(sess, held), ctx.cache.get("eval_indices")).to_dict()
+    elif "reference_outputs" in ctx.cache:
+        art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
 
 
 def bench(path: str | Path, feed: dict, *, runs: int = 50, threads: int = 2,

@@ -71,9 +71,15 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         # optimization="basic" evaluates Q/DQ as written (float fake-quant: what TensorRT's int8 kernels compute,
         # they accumulate exactly in int32). ORT's fused x86 s8s8 kernels ("all") drift far more (ResNet-18
         # style: 13 dB vs 36 dB SQNR): that is ORT's CPU arithmetic, not TensorRT's.
-        outputs = runtime.run(runtime.session(path, optimization="basic"), ctx.samples)
-        if "reference_outputs" in ctx.cache:
-            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()
+        sess = runtime.session(path, optimization="basic")
+        held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
+        if held and reference is not None:  # the held-aside set the manager scored the input model on
+            from edgec.manager import run_batched
+
+            art.figures["drift"] = metrics.drift(reference, run_batched(sess, held),
+                                                 ctx.cache.get("eval_indices")).to_dict()
+        elif "reference_outputs" in ctx.cache:
+            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
     else:
         art.notes.append("no sample inputs: the ONNX Runtime numerics (TensorRT's int8 arithmetic) were not measured")
 
