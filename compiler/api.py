@@ -201,6 +201,9 @@ def compile(
                          warnings=warnings)
     calib_src = sets.calib
     ctx = PassContext(samples=sets.checks, calib=calib_src, scheme=tgt.scheme, options=options, target=tgt)
+    backend = get_backend(tgt.backend)
+    if hasattr(backend, "layer_timer"):  # the target runtime times small models itself (not ORT)
+        ctx.layer_timer, ctx.layer_runtime = backend.layer_timer, backend.LAYER_RUNTIME
     ctx.warnings.extend(warnings)
     mgr = Manager(ctx, keep_going=keep_going, dump_dir=dump_dir, on_step=on_step, eval_feeds=sets.held,
                   eval_indices=sets.held_indices, eval_cap=num_samples or EVAL_CAP)
