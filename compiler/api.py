@@ -67,6 +67,7 @@ class SampleSets:
     held: Sequence[Feed] | None  # the held-aside set, lazy (None: drift is scored on ``checks``)
     held_indices: list[int] | None  # positions of ``held`` in the user's data
     how: str  # where ``held`` comes from, for a person
+    apart: bool = True  # False when ``held`` is the calibration data itself (given as both)
 
 
 def split_samples(model: ir.Model, calib: Any, samples: Any, *, calib_limit: int | None = None,
@@ -87,8 +88,12 @@ def split_samples(model: ir.Model, calib: Any, samples: Any, *, calib_limit: int
         return SampleSets(None, rnd.head(4), None, None, rnd.description)
     if cal_src is not None and held_src is not None:
         cal = cal_src[:calib_limit] if calib_limit is not None else cal_src
+        same = samples is calib or (isinstance(calib, (str, os.PathLike)) and isinstance(samples, (str, os.PathLike))
+                                    and Path(calib).resolve() == Path(samples).resolve())
+        if same:
+            warnings.append("--samples is the --calib data: the figures are scored on samples calibration saw")
         return SampleSets(cal, _spread(cal, CHECK_SAMPLES), held_src, list(range(len(held_src))),
-                          held_src.description)
+                          held_src.description, apart=not same)
     one = cal_src if cal_src is not None else held_src
     assert one is not None
     if one.synthetic or len(one) < HOLD_EVERY:
@@ -256,10 +261,12 @@ def _held_aside(sets: SampleSets, mgr: Manager, calib_src: data.FeedSource | Non
     scored = len(mgr.eval_feeds)
     of = f"{scored} of " if mgr.eval_truncated else ""
     cal = f"calibrated on {n_cal}, " if calib_src is not None else "calibrated on the check samples, "
-    line = f"{cal}scored on {of}{len(sets.held)} held aside ({sets.how})"
+    which = f"{len(sets.held)} held aside" if sets.apart else f"the same {len(sets.held)} samples"
+    line = f"{cal}scored on {of}{which} ({sets.how})"
     if mgr.eval_truncated:
         line += f": stopped by {mgr.eval_truncated} (--num-samples sets the cap)"
-    return {"calibrated_on": n_cal, "held_aside": len(sets.held), "scored": scored, "indices": mgr.eval_indices,
+    return {"calibrated_on": n_cal, "held_aside": len(sets.held) if sets.apart else 0, "scored": scored,
+            "indices": mgr.eval_indices,
             "source": sets.how, "truncated_by": mgr.eval_truncated, "checks": len(sets.checks), "line": line}
 
 
