@@ -163,3 +163,24 @@ def test_spread_figures_by_hand():
     assert d.sqnr_min == pytest.approx(10 * math.log10(0.815 / 1.28))
     assert d.collapsed() == [3] and d.budget_figure("min") == d.sqnr_min
     assert d.budget_figure("mean") == d.sqnr_db
+
+
+def test_eval_set_cap_and_same_data_said_plainly(digits_model, digits_samples, tmp_path, capsys):
+    x = digits_samples["input"]
+    np.savez(tmp_path / "cal.npz", input=x[:40])
+    np.savez(tmp_path / "ev.npz", input=x[200:230])
+    # --eval: a separate held-aside set; calibration gets all of --calib; --num-samples caps the scoring.
+    assert main(["compile", str(digits_model), "-t", "cpu-int8", "--calib", str(tmp_path / "cal.npz"),
+                 "--eval", str(tmp_path / "ev.npz"), "--num-samples", "12", "-o", str(tmp_path / "o"),
+                 "--set", "bench_runs=0"]) == 0
+    line = " ".join(capsys.readouterr().out.split())
+    assert "calibrated on 40, scored on 12 of 30 held aside (ev.npz (30 samples)): stopped by the cap of 12" in line
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    quant = next(p for p in rep["passes"] if p["name"] == "quantize")
+    assert quant["details"]["calibration"]["samples"] == 40
+    assert rep["backend"]["figures"]["drift"]["samples"] == 12
+    # The same data given as both: scored, but never called held aside.
+    res = edgec.compile(digits_model, target="cpu-int8", calib=str(tmp_path / "cal.npz"),
+                        samples=str(tmp_path / "cal.npz"), options={"bench_runs": 0})
+    assert "scored on the same 40 samples" in res.report.samples and res.report.extra["held_aside"]["held_aside"] == 0
+    assert any("scored on samples calibration saw" in w for w in res.report.warnings)
