@@ -272,8 +272,10 @@ def test_jetson_int8_is_lint_clean_symmetric_per_channel(compiled, name):
     # Numerics: ONNX Runtime runs the QDQ model; the drift against fp32 is reported like cpu-int8's.
     # A floor that catches broken numerics only: the untrained 64x64 MobileNetV2 x0.35 is hard for any int8
     # scheme (ORT's quantize_static gets ~2 dB on it); the comparison with cpu-int8 is the real check below.
+    # Scored on the 4 held-aside photos calibration never saw (MobileNetV2 3.3 dB; it was > 5 dB on 8 of the
+    # calibration photos themselves): broken numerics land near 0 dB or below.
     d = art.figures["drift"]
-    assert 5 < d["sqnr_db"] < 80
+    assert d["samples"] == 4 and 2.5 < d["sqnr_db"] < 80
 
 
 def test_jetson_int8_sqnr_close_to_cpu_int8(compiled, cpu_int8_resnet):
