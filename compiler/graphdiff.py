@@ -324,3 +324,66 @@ def _modified_text(m: dict[str, Any]) -> str:
 
 def _init_text(r: dict[str, Any]) -> str:
     return f"{r['name']} {r['shape']} {r['dtype']} {r['bytes']:,} B"
+
+
+# -- reading diffs back (edgec diff) ------------------------------------------------------------------
+def diff_files(a: str, b: str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """The node-level diff between two ONNX files (matched by name, else by structure)."""
+    from edgec.api import load_model
+
+    return diff_models(load_model(a, shapes, allow_custom_ops=True), load_model(b, shapes, allow_custom_ops=True))
+
+
+def report_diffs(path: str, pass_name: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """(label, diff) of the passes in a compile's report.json; one pass's (each run of it) with ``pass_name``."""
+    import json
+    from pathlib import Path
+
+    from edgec.errors import EdgecError
+
+    try:
+        passes = json.loads(Path(path).read_text())["passes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgecError(f"{path}: not an edgec report.json ({type(exc).__name__}: {exc})") from None
+    found = [(f"{i:02d} {p['name']}", p.get("diff")) for i, p in enumerate(passes)
+             if i > 0 and (pass_name is None or p["name"] == pass_name)]
+    if pass_name is not None and not found:
+        raise EdgecError(f"{path}: no pass '{pass_name}'",
+                         hint="passes in this report: " + ", ".join(dict.fromkeys(p["name"] for p in passes[1:])))
+    missing = [label for label, d in found if d is None]
+    if missing and len(missing) == len(found):
+        raise EdgecError(f"{path}: no node-level diff recorded for {', '.join(missing)}",
+                         hint="the report predates node-level diffs or the pass was rolled back; compile again")
+    return [(label, d) for label, d in found if d is not None]
+
+
+def show_report(path: str, other: str | None, pass_name: str | None, html_path: str | None, as_json: bool,
+                quiet: bool) -> int:
+    """`edgec diff out/report.json --pass fuse-bn`: the node-level diff the compile recorded for a pass."""
+    import json
+
+    from edgec import report_html
+    from edgec.errors import EdgecError
+
+    if other:
+        raise EdgecError(f"edgec diff {path}: a report.json takes --pass NAME, not a second model ({other})")
+    found = report_diffs(path, pass_name)
+    if html_path:
+        label, d = found[0]
+        write_page(html_path, report_html.diff_page(d, f"before {label}", f"after {label}"))
+    if as_json:
+        print(json.dumps(dict(found), indent=2, default=str))
+    elif not quiet:
+        for label, d in found:
+            lines = format_text(d) if pass_name else [report_html.diff_summary(d)]
+            print(f"{label}: " + "\n".join(lines))
+    return 0
+
+
+def write_page(path: str, page: str) -> None:
+    from pathlib import Path
+
+    from edgec.model_io import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(page)
