@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     _add_common(d)
 
+    x = sub.add_parser("explore", help="open a compile's artifact in Model Explorer with SQNR/last-pass/MACs overlays")
+    x.add_argument("out", help="the -o folder of `edgec compile`")
+    x.add_argument("--no-open", action="store_true", help="only write the overlays (out/explore/*.json)")
+    x.add_argument("--port", type=int, default=8080)
+
     sub.add_parser("passes", help="list the registered passes")
     sub.add_parser("targets", help="list the targets")
 
@@ -443,6 +448,12 @@ def cmd_prune_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from edgec import explore
+
+    return explore.command(args.out, args.no_open, args.port)
+
+
 def _console(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return None
@@ -456,7 +467,7 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:
