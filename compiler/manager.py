@@ -124,7 +124,7 @@ class Manager:
         summary = self.records[-1].summary if proto is None else metrics.summarize(model, proto)
         rec = PassRecord(name=p.name, params=p.params, exact=p.is_exact(), seconds=seconds, changed=changed,
                          summary=summary, drift=drift, details=dict(self.ctx.details),
-                         diff=self.differ.run_after_pass(model))
+                         diff=self.differ.run_after_pass(model, changed=proto is not None))
         self.records.append(rec)
         if self.dump_dir is not None:
             model_io.save(model, self.dump_dir / f"{index:02d}_{p.name}.onnx")
