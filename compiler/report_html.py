@@ -25,8 +25,9 @@ COLORS = {"removed": ("#f9d4d4", "#c33"), "added": ("#d6f2d6", "#2a8a2a"), "modi
 
 CSS = """
 .pass>summary{font-size:15px;cursor:pointer;margin:6px 0}.pass{border-top:1px solid #ddd;padding:4px 0}
-.draw{display:flex;gap:14px;overflow-x:auto;align-items:flex-start}.draw figure{margin:0;border:1px solid #ddd;
-padding:4px;max-height:720px;overflow:auto}.draw figcaption{font-weight:bold;font-size:13px}
+.draw{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:14px;align-items:start}
+.draw figure{margin:0;border:1px solid #ddd;padding:4px;max-height:720px;overflow:auto;min-width:0}
+.draw figcaption{font-weight:bold;font-size:13px;position:sticky;left:0}.draw .cut{font-size:12px;margin:2px 0}
 .nd text{font-size:11px;font-family:monospace}.nd .op{font-weight:bold;font-family:system-ui,sans-serif}
 .hit rect{stroke:#d0f !important;stroke-width:4px !important}tr.hit td{background:#fff3a0}
 .legend span{display:inline-block;padding:1px 6px;margin-right:6px;border:1px solid;font-size:12px}
@@ -65,6 +66,13 @@ def draw(region: dict[str, Any], caption: str) -> str:
     layer = [0] * len(nodes)
     for i in range(len(nodes)):  # graph order is topological, so one sweep gives the longest path
         layer[i] = max((layer[p] + 1 for p, _ in preds[i] if p < i), default=0)
+    succ_layers: dict[int, list[int]] = {}
+    for i, ps in enumerate(preds):
+        for p, _ in ps:
+            succ_layers.setdefault(p, []).append(i)
+    for i in range(len(nodes) - 1, -1, -1):  # a source (a weight's DQ, a Constant) sits just above its user
+        if not preds[i] and i in succ_layers:
+            layer[i] = max(0, min(layer[j] for j in succ_layers[i]) - 1)
     rows: dict[int, list[int]] = {}
     for i, lv in enumerate(layer):
         rows.setdefault(lv, []).append(i)
@@ -142,8 +150,11 @@ def diff_body(d: dict[str, Any], before: str = "before", after: str = "after") -
     """Drawings plus the removed/added/modified/rewired/initializer tables of one diff."""
     c = d["counts"]
     region = d.get("region", {})
-    drawings = (f'<div class=draw>{draw(region.get("before", {}), before)}'
-                f'{draw(region.get("after", {}), after)}</div>')
+    if region.get("before", {}).get("nodes") or region.get("after", {}).get("nodes"):
+        drawings = (f'<div class=draw>{draw(region.get("before", {}), before)}'
+                    f'{draw(region.get("after", {}), after)}</div>')
+    else:
+        drawings = "<p>no node changed (initializers only)</p>"
     blocks = []
     for key, cols in (("removed", ["op", "name", "inputs", "outputs"]), ("added", ["op", "name", "inputs", "outputs"]),
                       ("modified", ["op", "name", "renamed_from", "op_before", "inputs", "outputs", "attrs", "weights"]),
