@@ -135,6 +135,7 @@ def test_cli_diff_two_models_names_nodes_and_writes_html(example_out: Path, digi
 def test_explore_overlays_are_model_explorer_node_data(example_out: Path) -> None:
     model_path, files, covered = explore.write_overlays(example_out)
     data = {k: json.loads(p.read_text()) for k, p in files.items()}
+    assert covered["last_pass"] == 8 and covered["sqnr"] == 0  # a float compile has no per-layer SQNR
     for d in data.values():
         explore.check_node_data(d)
     proto = onnx.load(str(model_path))
