@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import EXIT_USER, EdgecError
+from edgec.explore import add_parser as explore_parser
+from edgec.explore import run as cmd_explore
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -101,10 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     _add_common(d)
 
-    x = sub.add_parser("explore", help="open a compile's artifact in Model Explorer with SQNR/last-pass/MACs overlays")
-    x.add_argument("out", help="the -o folder of `edgec compile`")
-    x.add_argument("--no-open", action="store_true", help="only write the overlays (out/explore/*.json)")
-    x.add_argument("--port", type=int, default=8080)
+    explore_parser(sub)
 
     sub.add_parser("passes", help="list the registered passes")
     sub.add_parser("targets", help="list the targets")
@@ -163,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-bn", action="store_true", help="keep BatchNormalization nodes (no constant folding)")
     e.add_argument("-q", "--quiet", action="store_true")
     e.add_argument("-v", "--verbose", action="store_true")
+
+    b = sub.add_parser("build", help="compile a manifest of models x targets, incrementally (README: Fleet builds)")
+    b.add_argument("manifest", help="a TOML manifest, e.g. edgec.toml")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1: serial)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the pairs as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
+    b.add_argument("--force", action="store_true", help="rebuild every pair, changed or not")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
@@ -448,10 +456,29 @@ def cmd_prune_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_explore(args: argparse.Namespace) -> int:
-    from edgec import explore
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgec import build
 
-    return explore.command(args.out, args.no_open, args.port)
+    manifest = build.load_manifest(args.manifest)
+    console = _console(args)
+    on_row = None
+    if console is not None:
+        def on_row(row: dict[str, Any]) -> None:
+            err = f"  {row['error']}" if row.get("error") else ""
+            console.print(f"{row['status']:>7}  {row['model']}/{row['target']}{err}", markup=False, highlight=False)
+    rows = build.build(manifest, jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None,
+                       force=args.force, on_row=on_row)
+    if console is not None:
+        from rich.table import Table
+
+        table = Table("model", "target", "status", "bytes", "latency ms", "SQNR dB", "build s", "error")
+        for cells in build.iter_rows(rows):
+            table.add_row(*cells)
+        console.print(table)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("built", "cached", "failed")}
+        console.print(f"{counts['built']} built, {counts['cached']} unchanged, {counts['failed']} failed; "
+                      f"index: {manifest.out / 'index.html'}")
+    return build.exit_code(rows)
 
 
 def _console(args: argparse.Namespace):
@@ -467,7 +494,8 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "explore": cmd_explore}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build,
+            "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:

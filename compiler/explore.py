@@ -16,14 +16,16 @@ local web server that opens a browser; ``--no-open`` only writes and checks the 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from edgec.errors import EdgecError
+
+if TYPE_CHECKING:
+    import onnx
 
 RED_TO_GREEN = [{"stop": 0, "bgColor": "#d7301f"}, {"stop": 0.5, "bgColor": "#fdd49e"}, {"stop": 1, "bgColor": "#a1d99b"}]
 LIGHT_TO_DARK = [{"stop": 0, "bgColor": "#f7fbff"}, {"stop": 1, "bgColor": "#2171b5"}]
@@ -31,6 +33,8 @@ LIGHT_TO_DARK = [{"stop": 0, "bgColor": "#f7fbff"}, {"stop": 1, "bgColor": "#217
 
 def write_overlays(out: str | Path) -> tuple[Path, dict[str, Path], dict[str, int]]:
     """Write the overlays for the compile in ``out``; returns (model path, overlay files, nodes covered)."""
+    import onnx
+
     out = Path(out)
     try:
         report = json.loads((out / "report.json").read_text())
@@ -103,6 +107,8 @@ def _last_pass(report: dict[str, Any], names: set[str]) -> tuple[str, dict[str, 
 
 
 def _macs(proto: onnx.ModelProto) -> dict[str, Any]:
+    import onnx
+
     from edgec import metrics
 
     shapes = metrics._proto_shapes(proto)  # the shapes the report's MAC count uses
@@ -154,3 +160,14 @@ def command(out: str, no_open: bool, port: int) -> int:
     model_explorer.visualize(model_paths=[str(model_path)], port=port, extensions=["model_explorer_onnx"],
                              node_data=[{"name": k, "node_data_path": str(p)} for k, p in files.items()])
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    x = sub.add_parser("explore", help="open a compile's artifact in Model Explorer with SQNR/last-pass/MACs overlays")
+    x.add_argument("out", help="the -o folder of `edgec compile`")
+    x.add_argument("--no-open", action="store_true", help="only write the overlays (out/explore/*.json)")
+    x.add_argument("--port", type=int, default=8080)
+
+
+def run(args: argparse.Namespace) -> int:
+    return command(args.out, args.no_open, args.port)
