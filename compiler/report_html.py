@@ -196,7 +196,7 @@ def sqnr_section(rows: list[dict[str, Any]]) -> str:
         v = r["sqnr_db"]
         w = max(1.0, bw * max(v, 0) / top)
         color = "#c33" if v < 20 else "#d90" if v < 30 else "#4a7fb5"
-        name = str(r.get("tensor", r.get("name", "")))
+        name = _layer_name(r)
         label = name if len(name) <= 38 else "\u2026" + name[-37:]
         bars.append(f'<g data-name="{html.escape(name)}"><text x="{left - 4}" y="{y + 11}" font-size="11" '
                     f'text-anchor="end">{html.escape(label)}</text><rect x="{left}" y="{y}" width="{w:.1f}" '
@@ -206,10 +206,16 @@ def sqnr_section(rows: list[dict[str, Any]]) -> str:
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + bw + 70}" height="{height}">'
            f'<text x="4" y="14" font-size="13" font-weight="bold">per-layer SQNR, worst {len(worst)} of '
            f'{len(scored)} (dB)</text>{"".join(bars)}</svg>')
-    cols = [c for c in ("tensor", "op", "kind", "sqnr_db", "cosine", "expected_sqnr_db", "scale", "method")
-            if any(c in r for r in scored)]
+    cols = [c for c in ("tensor", "node", "op", "kind", "decision", "rank", "sqnr_db", "cosine", "expected_sqnr_db",
+                        "scale", "method") if any(c in r for r in scored)]
+    rows_named = [{**r, "_name": _layer_name(r)} for r in scored]
     return (f"<h4>per-layer SQNR (worst first)</h4>{svg}<details><summary>all {len(scored)} layers</summary>"
-            f"{table(scored, cols, key='tensor')}</details>")
+            f"{table(rows_named, cols, key='_name')}</details>")
+
+
+def _layer_name(r: dict[str, Any]) -> str:
+    # quantize's rows name the tensor, depthwise's the node
+    return str(r.get("tensor") or r.get("node") or r.get("name") or "")
 
 
 def pass_section(name: str, head: str, drift: str, ops: str, d: dict[str, Any] | None,

@@ -82,6 +82,23 @@ def test_example_report_renders_drawings_and_search(tmp_path: Path) -> None:
     assert console == [] and "<title>hits=1 rows=1</title>" in probe_dom
 
 
+def test_example_int8_report_has_the_sqnr_plot_worst_first_and_the_quantize_drawings(tmp_path: Path) -> None:
+    """The cheap default-run version of the PP-OCRv4 acceptance: a lossy pass's per-layer SQNR plot and
+    table (worst first), its before/after drawings, rendered without console errors."""
+    out = tmp_path / "out"
+    assert main(["compile", "--example", "-t", "cpu-int8", "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    layers = next(p for p in report["passes"] if p["name"] == "quantize")["details"]["layers"]
+    dom, console = render(out / "report.html", tmp_path, screenshot=tmp_path / "example_int8.png")
+    assert console == [], console
+    assert "after quantize (" in dom and len(re.findall(r'class="op"[^>]*>QuantizeLinear</text>', dom)) >= 3
+    plot = dom.split("per-layer SQNR, worst")[1].split("</svg>")[0]
+    drawn = [float(v) for v in re.findall(r">(-?[\d.]+) dB</text>", plot)]
+    scored = sorted(r["sqnr_db"] for r in layers if isinstance(r.get("sqnr_db"), (int, float)))
+    assert drawn == [round(v, 1) for v in scored][:len(drawn)] and len(drawn) == min(40, len(scored)) > 5
+    assert report["graph_diff_cost"]["fraction"] < 0.10, report["graph_diff_cost"]
+
+
 @pytest.mark.slow
 def test_ppocr_det_int8_report_renders_and_stays_small(zoo_path, zoo, tmp_path: Path) -> None:
     """Acceptance on PP-OCRv4 det, cpu-int8: drawings render in headless Chromium (a screenshot is kept in
