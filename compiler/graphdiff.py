@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 import zlib
 from collections import Counter, defaultdict
 from typing import Any
@@ -58,7 +59,7 @@ class Snapshot:
 def snapshot(model: ir.Model, cache: dict[int, tuple[Any, InitSnap]] | None = None) -> Snapshot:
     """The structure of ``model``'s main graph, cheap enough to take around every pass.
 
-    ``cache`` maps id(tensor) -> (tensor, its InitSnap) from the previous snapshot: a weight kept as the
+    ``cache`` maps id(tensor) -> (weak reference, its InitSnap) from the previous snapshot: a weight kept as the
     same tensor object is not read again. Passes compute new arrays and never write into a tensor they
     keep (STYLE.md); a pass that did would be seen only through the tensor's name or shape.
     """
@@ -75,10 +76,15 @@ def snapshot(model: ir.Model, cache: dict[int, tuple[Any, InitSnap]] | None = No
         if t is None:
             continue
         hit = cache.get(id(t)) if cache is not None else None
-        snap = hit[1] if hit is not None and hit[0] is t else InitSnap(
+        snap = hit[1] if hit is not None and hit[0]() is t else InitSnap(
             tuple(int(d) for d in t.shape.numpy()) if t.shape is not None else (),
             str(t.dtype).split(".")[-1], int(t.nbytes), _crc(t))
-        seen[id(t)] = (t, snap)
+        try:
+            # A weak reference: the cache must not keep a weight the pass replaced alive (a > 2 GiB model
+            # would carry the old copy through the drift check).
+            seen[id(t)] = (weakref.ref(t), snap)
+        except TypeError:
+            pass
         inits[name] = snap
     if cache is not None:
         cache.clear()
@@ -88,6 +94,10 @@ def snapshot(model: ir.Model, cache: dict[int, tuple[Any, InitSnap]] | None = No
 
 def _crc(t: Any) -> int:
     # CRC32 of the raw bytes: ~1 GB/s, so PP-OCRv4 det's 4.6 MB of weights cost a few ms per snapshot.
+    if isinstance(t, ir.ExternalTensor):
+        # Immutable and on disk: its file region identifies it. Reading it would map the whole weight file
+        # into memory (and keep it mapped), which a > 2 GiB model cannot afford.
+        return zlib.crc32(f"{t.path}:{t.offset}:{t.length}".encode())
     try:
         arr = t.numpy()
         return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data)

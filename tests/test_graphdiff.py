@@ -168,3 +168,21 @@ def test_explore_without_the_viewer_installed_is_one_line(example_out: Path, cap
     assert "pip install 'edgec[explore]'" in capsys.readouterr().err
     assert main(["explore", str(example_out), "--no-open"]) == 0
     assert "last_pass.json (8 nodes)" in capsys.readouterr().out
+
+
+def test_instrument_sees_a_weight_replaced_under_the_same_name() -> None:
+    """The instrument reuses a weight's snapshot while it is the same tensor object, and re-reads it when
+    a pass puts a new tensor in (as passes do: they never write into a kept array)."""
+    import onnx_ir as ir
+
+    model = _before()
+    inst = graphdiff.DiffInstrument()
+    inst.run_before_pass(model)
+    assert graphdiff.is_empty(inst.run_after_pass(model))
+    inst.run_before_pass(model)
+    w = model.graph.initializers["w"]
+    w.const_value = ir.Tensor(w.const_value.numpy() * 2.0, name="w")
+    d = inst.run_after_pass(model)
+    assert d["counts"]["initializers_changed"] == 1 and d["modified"][0]["name"] == "conv"
+    assert d["modified"][0]["weights"] == [{"slot": 1, "before": "w", "after": "w"}]
+    assert 0 < d["seconds"] <= d["pipeline_seconds"]
