@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--target", help="target name (`edgec targets`); default cpu-fp32")
     c.add_argument("--target-file", help="a TOML file defining more targets")
     c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
+    c.add_argument("--add", action="append", default=[], metavar="PASS[:ARGS]",
+                   help="insert a pass into the target's pipeline at its stage, e.g. --add depthwise (repeatable)")
     c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
     c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
     c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
@@ -251,7 +253,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         status.start()
     try:
         result = edgec.compile(
-            model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
+            model, target=args.target, passes=args.passes, add=args.add, calib=calib, samples=args.samples,
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
@@ -374,11 +376,14 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from edgec.targets import builtin
+    from edgec.targets import add_points, builtin
 
     for t in builtin().values():
         print(f"{t.name:<13} {t.backend:<9} {t.description}")
+        print(f"{'':<13} stages: {t.outline()}")
         print(f"{'':<13} passes: {','.join(t.passes)}")
+        for stage, names in add_points(t).items():
+            print(f"{'':<13} --add {'|'.join(names)}: after {stage}")
     return 0
 
 
