@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import EXIT_USER, EdgecError
+from edgec.explore import add_parser as explore_parser
+from edgec.explore import run as cmd_explore
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -101,14 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     _add_common(i)
 
-    d = sub.add_parser("diff", help="structural and numeric difference between two models")
-    d.add_argument("a")
-    d.add_argument("b")
+    d = sub.add_parser("diff", help="node-level and numeric difference between two models, or one pass of a compile")
+    d.add_argument("a", help="an .onnx file, or a compile's report.json (with --pass)")
+    d.add_argument("b", nargs="?", help="the second .onnx file")
+    d.add_argument("--pass", dest="pass_name", help="with a report.json: show this pass's node-level diff")
+    d.add_argument("--html", help="also write the before/after drawing page to this .html file")
     d.add_argument("--samples", "--calib", dest="calib",
                    help="inputs to compare on (image folder, .npz, module:function); default random")
     d.add_argument("--num-samples", type=int, help="compare on at most this many of them (default all, up to 256)")
     d.add_argument("--json", action="store_true")
     _add_common(d)
+
+    explore_parser(sub)
 
     sub.add_parser("passes", help="list the registered passes")
     sub.add_parser("targets", help="list the targets")
@@ -341,16 +347,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     import edgec
+    from edgec import graphdiff, report_html
     from edgec.model_io import parse_shapes
 
+    if args.a.endswith(".json") or args.pass_name:
+        return graphdiff.show_report(args.a, args.b, args.pass_name, args.html, args.json, args.quiet)
+    if not args.b:
+        raise EdgecError("edgec diff: give two .onnx files, or a report.json with --pass NAME")
+    nodes = graphdiff.diff_files(args.a, args.b, shapes=parse_shapes(args.shape) or None)
+    if args.html:
+        graphdiff.write_page(args.html, report_html.diff_page(nodes, args.a, args.b))
     res = edgec.diff(args.a, args.b, calib=args.calib, num_samples=args.num_samples,
                      shapes=parse_shapes(args.shape) or None)
     if args.json:
-        print(json.dumps(res, indent=2, default=str))
+        print(json.dumps({**res, "nodes": nodes}, indent=2, default=str))
         return 0
     console = _console(args)
     if console is None:
         return 0
+    for line in graphdiff.format_text(nodes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sa, sb = res["summary_a"], res["summary_b"]
     for key in ("nodes", "params", "macs", "bytes"):
         console.print(f"{key:>7}: {sa[key]:>14,} -> {sb[key]:>14,}  ({sb[key] - sa[key]:+,})")
@@ -501,7 +517,8 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build,
+            "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:
