@@ -265,7 +265,9 @@ def _held_aside(sets: SampleSets, mgr: Manager, calib_src: data.FeedSource | Non
                 "source": sets.how, "line": line}
     scored = len(mgr.eval_feeds)
     of = f"{scored} of " if mgr.eval_truncated else ""
-    cal = f"calibrated on {n_cal}, " if calib_src is not None else "calibrated on the check samples, "
+    calibrated = any(not r.exact for r in mgr.records)  # a float pipeline calibrates nothing: say nothing
+    cal = "" if not calibrated else f"calibrated on {n_cal}, " if calib_src is not None else \
+        "calibrated on the check samples, "
     which = f"{len(sets.held)} held aside" if sets.apart else f"the same {len(sets.held)} samples"
     line = f"{cal}scored on {of}{which} ({sets.how})"
     if mgr.eval_truncated:
