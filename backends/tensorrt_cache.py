@@ -27,8 +27,8 @@ from pathlib import Path
 from edgec import model_io
 from edgec.errors import EdgecError
 
-#: JetPack 6.0's TensorRT; JetPack 6.1/6.2 ship 10.3 (pass trt_version="10.3.0").
-DEFAULT_TRT_VERSION = "8.6.2"
+#: JetPack 6.1/6.2's TensorRT (the current JetPack); JetPack 6.0 ships 8.6.2 (pass trt_version="8.6.2").
+DEFAULT_TRT_VERSION = "10.3.0"
 CALIBRATOR = "EntropyCalibration2"
 _LINE = re.compile(r"^(?P<name>.+): (?P<hex>[0-9a-fA-F]{1,8})$")
 

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EXIT_USER, EdgecError
+from edgec.errors import EXIT_INTERNAL, EXIT_USER, EdgecError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def _add_trt(p: Any, compile_flags: bool = False) -> None:
     p.add_argument("--min-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: smallest shape")
     p.add_argument("--opt-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: tuned shape")
     p.add_argument("--max-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: largest shape")
-    p.add_argument("--trt-version", help="TensorRT version the model is for (default 8.6.2, JetPack 6.0)")
+    p.add_argument("--trt-version", help="TensorRT version the model is for (default 10.3.0, JetPack 6.1/6.2; 11.x: strongly typed)")
     if compile_flags:
         p.add_argument("--no-engine", action="store_true", help="do not try to build a TensorRT engine")
 
@@ -455,8 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgecError as exc:
         if getattr(args, "verbose", False):
             traceback.print_exc()
-        print(f"edgec: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_USER)
+        code = getattr(exc, "exit_code", EXIT_USER)
+        # EXIT_INTERNAL: edgec's own fault (a pass crashed or broke the model, TensorRT refused what we wrote).
+        kind = "internal error" if code == EXIT_INTERNAL else "error"
+        print(f"edgec: {kind}: {exc}", file=sys.stderr)
+        return code
     except BrokenPipeError:
         # `edgec inspect x --json | head`: the reader left; nothing to report.
         sys.stderr.close()
@@ -470,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"edgec: internal error: {type(exc).__name__}: {first} (rerun with --verbose and report it)",
               file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec import metrics, model_io, runtime
-from edgec.errors import EdgecError
+from edgec.errors import EXIT_INTERNAL, EdgecError
 from edgec.graph import opset_version
 from edgec.pass_infra import Feed, Pass, PassContext
 from edgec.records import Drift, PassRecord
@@ -30,7 +30,11 @@ EXACT_ATOL = 1e-6
 
 
 class PassFailed(EdgecError):
-    """A pass broke the model or, being exact, changed its outputs."""
+    """A pass crashed, broke the model (invalid, or ONNX Runtime cannot run it) or, being exact, changed its
+    outputs. Each is a bug in edgec, not the user's mistake: the CLI exits EXIT_INTERNAL (1) naming the pass
+    (``-v`` prints the traceback). A pass that finds bad input raises a plain EdgecError instead (exit 2)."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class Manager:
