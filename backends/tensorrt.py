@@ -124,9 +124,11 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     else:
         # A TensorRT that is present but refused ("failed") is an error the CLI exits non-zero on (api.compile
         # raises EngineBuildFailed after writing everything else); an absent TensorRT is only a note.
-        art.notes.insert(0, str(result["reason"]))
         if result.get("failed"):
+            art.notes.insert(0, str(result["reason"]))
             ctx.warn(str(result["reason"]))
+        else:
+            art.notes.append(str(result["reason"]))
     return art
 
 

@@ -220,7 +220,8 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike
     ia = [v.name or "" for v in ma.graph.inputs]
     ib = [v.name or "" for v in mb.graph.inputs]
     if sorted(ia) != sorted(ib):
-        raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically")
+        raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically",
+                         hint="diff compares two versions of one model (same input names)")
     warnings: list[str] = []
     calib_src = data.load_feeds(calib, ma, limit=None)
     feeds, desc = sample_feeds(ma, calib_src, None, num_samples, None, warnings)

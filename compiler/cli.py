@@ -177,6 +177,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if profile:
         opts["trt_profile"] = profile
     if args.trt_version:
+        from edgec.backends.tensorrt_cache import version_number
+
+        version_number(args.trt_version)  # a malformed version fails now, not after the whole pipeline
         opts["trt_version"] = args.trt_version
     if args.no_engine:
         opts["build_engine"] = False
@@ -394,11 +397,11 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     from edgec.model_io import parse_shapes
 
     opts = _quant_options(args)
+    if args.out and Path(args.out).suffix not in (".json", ".html"):
+        raise EdgecError(f"-o {args.out}: unknown report format", hint="use a .json or .html file name")
     rep = quant_report.quant_report(args.model, args.calib, target=args.target, calib_limit=args.calib_limit,
                                     options=opts, shapes=parse_shapes(args.shape) or None)
     if args.out:
-        if Path(args.out).suffix not in (".json", ".html"):
-            raise EdgecError(f"-o {args.out}: use a .json or .html file name")
         quant_report.write(rep, args.out)
     if not args.quiet:
         print(quant_report.format_table(rep, top=args.top))
