@@ -208,6 +208,14 @@ def _block(d: Draw, kind: str, c: int, h: int, w: int, opset: int) -> tuple[dict
         b = {"kind": "conv_affine", "conv": {**conv_block(d, c, h, w, opset), "bn": False, "add": None, "act": "none"},
              "chain": affine_chain(d), "act": _act(d, opset)}
         return (b, *conv_shape(b["conv"], h, w))
+    if kind == "conv_pair":
+        # Conv -> (Relu | LeakyRelu | Clip | nothing) -> Conv, the first read by nothing else: what
+        # cross-layer equalization rescales (a Clip only with equalize:clip=split).
+        first = {**conv_block(d, c, h, w, opset), "bn": False, "add": None, "extra_output": False,
+                 "act": d.choice(("Relu", "Relu", "LeakyRelu", "Clip", "none"))}
+        c1, h1, w1 = conv_shape(first, h, w)
+        second = conv_block(d, c1, h1, w1, opset)
+        return {"kind": "conv_pair", "convs": (first, second)}, *conv_shape(second, h1, w1)
     if kind == "hswish":
         form = d.choice(HSWISH_FORMS)
         return {"kind": "hswish", "form": form, "swap": d.bool()}, c, h, w
@@ -232,7 +240,7 @@ def _block(d: Draw, kind: str, c: int, h: int, w: int, opset: int) -> tuple[dict
 
 KINDS = ("conv", "conv", "conv", "residual", "concat", "bn", "act", "pool", "noop", "convT")
 KINDS_ELEMENTWISE = ("affine", "affine", "conv_affine", "conv_affine", "hswish", "hswish", "hsigmoid", "split",
-                     "resize", "transpose")
+                     "resize", "transpose", "conv_pair", "conv_pair")
 
 
 def draw_spec(d: Draw, max_blocks: int = 5, max_hw: int = 14, kinds: tuple[str, ...] = KINDS + KINDS_ELEMENTWISE,
@@ -506,6 +514,12 @@ def _relu6_of_x_plus_3(bld: _Builder, x: str, hi: float = 6.0) -> str:
     return bld.node("Clip", [t, _scalar(bld, 0.0, "zero"), _scalar(bld, hi, "six")])
 
 
+def _conv_pair(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    for conv in b["convs"]:
+        x, c, h, w = bld.conv(x, c, h, w, conv)
+    return x, c, h, w
+
+
 def _hswish(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
     form = b["form"]
 
@@ -564,5 +578,5 @@ def _transpose(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any])
     return bld.node("Transpose", [t], perm=[0, 3, 1, 2]), c, h, w
 
 
-ELEMENTWISE_BUILDERS = {"affine": _affine, "conv_affine": _conv_affine, "hswish": _hswish, "hsigmoid": _hsigmoid,
+ELEMENTWISE_BUILDERS = {"conv_pair": _conv_pair, "affine": _affine, "conv_affine": _conv_affine, "hswish": _hswish, "hsigmoid": _hsigmoid,
                         "split": _split, "resize": _resize, "transpose": _transpose}
