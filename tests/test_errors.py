@@ -819,3 +819,25 @@ def test_budget_miss_exits_3(tmp_path: Path, monkeypatch, capsys: pytest.Capture
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == EXIT_BUDGET == 3, err
     assert len(err) == 1 and err[0].startswith("edgec: error: --min-sqnr 200"), err
+
+
+def test_recompile_into_the_same_folder_leaves_nothing_stale(tmp_path: Path) -> None:
+    """-o: what the earlier run wrote and this one does not is removed (listed in its report.json); a file
+    of the user's in the folder is never touched."""
+    import json
+
+    out = tmp_path / "out"
+    first = edgec.compile(DIGITS, target="tflite-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                          options={"bench_runs": 0})
+    assert (out / "model.tflite").exists() and first.artifacts is not None
+    assert "model.tflite" in json.loads((out / "report.json").read_text())["files_written"]
+    (out / "mine.txt").write_text("the user's")
+    second = edgec.compile(DIGITS, target="cpu-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                           options={"bench_runs": 0})
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "model.onnx", "report.html", "report.json"]
+    assert second.artifacts is not None and any("model.tflite" in n for n in second.artifacts.notes)
+    # A third run writing the same files removes nothing.
+    third = edgec.compile(DIGITS, target="cpu-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                          options={"bench_runs": 0})
+    assert third.artifacts is not None and not any("removed" in n for n in third.artifacts.notes)
+    assert (out / "mine.txt").read_text() == "the user's"
