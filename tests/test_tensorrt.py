@@ -714,3 +714,26 @@ def test_no_stale_engine_or_cache_after_recompile(monkeypatch, tmp_path):
     assert not {"model.engine", "calibration.cache", "model_implicit.onnx"} & names, names
     assert {"model.onnx", "build_engine.sh", "report.json", "my_notes.txt", "timing.cache"} <= names
     assert any("removed from an earlier run" in n and "model.engine" in n for n in res.artifacts.notes)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+def test_standin_dynamic_input_needs_and_gets_a_profile(monkeypatch, tmp_path, version):
+    trt = _standin(monkeypatch, version)
+    w = onh.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["y"], name="conv0", pads=[1, 1, 1, 1])], "dyn",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 16, 16])], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    missing = tensorrt_engine.build_engine(path, tmp_path / "a.engine", int8=False)
+    assert missing["failed"] and missing["stage"] == "optimization profile" and "'x'" in missing["reason"]
+    assert not (tmp_path / "a.engine").exists()
+    profile = {"x": [(1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16)]}
+    built = tensorrt_engine.build_engine(path, tmp_path / "b.engine", int8=False, profile=profile,
+                                         timing_cache=tmp_path / "timing.cache")
+    assert built["built"] and (tmp_path / "b.engine").exists() and (tmp_path / "timing.cache").exists()
+    config = trt.builders[-1].configs[-1]
+    assert config.profiles[0].shapes == {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}
+    # fp16 on 10.x is the FP16 flag; 11.x has none and says the float layers stay fp32.
+    assert config.flags == (set() if version.startswith("11") else {trt.BuilderFlag.FP16})
+    assert bool(built.get("notes")) == version.startswith("11")
