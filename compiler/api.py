@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec import data, model_io, targets
+from edgec import data, model_io, outputs, targets
 from edgec.backends import get as get_backend
 from edgec.errors import EdgecError
 from edgec.manager import Manager
@@ -241,18 +241,33 @@ def compile(
         # Everything goes to a temp folder first and is moved in at the end: a failure (a full disk
         # included) leaves -o exactly as it was.
         with model_io.staged_dir(out) as stage:
+            ctx.cache["final_out_dir"] = out  # what an earlier run left (the TensorRT timing cache) is there
             artifacts = get_backend(tgt.backend).emit(result_model, tgt, ctx, stage)
             artifacts.files = {k: out / Path(v).relative_to(stage) if Path(v).is_relative_to(stage) else v
                                for k, v in artifacts.files.items()}
+            # Files an earlier run wrote and this one does not (its model.engine, calibration.cache...) go,
+            # so nothing stale sits beside the new model; the TensorRT timing cache is a cache, it stays.
+            written = outputs.written_files(stage, ("report.json", "report.html"))
+            stale = outputs.stale_files(out, written, keep=("timing.cache",) if tgt.backend == "tensorrt" else ())
+            if stale:
+                artifacts.notes.append("removed from an earlier run in -o: " + ", ".join(p.name for p in stale))
+            rep.extra["files_written"] = written
             rep.artifacts = artifacts
             _judge(rep, min_sqnr, budget_on)
             rep.to_json(stage / "report.json")
             rep.to_html(stage / "report.html")
+        outputs.remove(stale)
     else:
         _judge(rep, min_sqnr, budget_on)
     if report is not None:
         _write_report(rep, Path(report))
-    return CompileResult(result_model, mgr.records, artifacts, rep, ctx)
+    result = CompileResult(result_model, mgr.records, artifacts, rep, ctx)
+    engine = artifacts.figures.get("engine") if artifacts is not None else None
+    if isinstance(engine, dict) and engine.get("failed"):
+        from edgec.backends.tensorrt_engine import EngineBuildFailed
+
+        raise EngineBuildFailed(str(engine.get("reason")), result)
+    return result
 
 
 def _held_aside(sets: SampleSets, mgr: Manager, calib_src: data.FeedSource | None) -> dict[str, Any]:
@@ -379,7 +394,8 @@ def diff(a: str | os.PathLike, b: str | os.PathLike, *, calib: str | os.PathLike
     ia = [v.name or "" for v in ma.graph.inputs]
     ib = [v.name or "" for v in mb.graph.inputs]
     if sorted(ia) != sorted(ib):
-        raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically")
+        raise EdgecError(f"{b}: inputs {ib} differ from {a}'s {ia}: the models cannot be compared numerically",
+                         hint="diff compares two versions of one model (same input names)")
     warnings: list[str] = []
     calib_src = data.load_feeds(calib, ma, limit=None)
     n = num_samples or EVAL_CAP

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EXIT_USER, EdgecError
+from edgec.errors import EXIT_INTERNAL, EXIT_USER, EdgecError
 from edgec.explore import add_parser as explore_parser
 from edgec.explore import run as cmd_explore
 
@@ -25,7 +25,7 @@ def _add_trt(p: Any, compile_flags: bool = False) -> None:
     p.add_argument("--min-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: smallest shape")
     p.add_argument("--opt-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: tuned shape")
     p.add_argument("--max-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: largest shape")
-    p.add_argument("--trt-version", help="TensorRT version the model is for (default 8.6.2, JetPack 6.0)")
+    p.add_argument("--trt-version", help="TensorRT version the model is for (default 10.3.0, JetPack 6.1/6.2; 11.x: strongly typed)")
     if compile_flags:
         p.add_argument("--no-engine", action="store_true", help="do not try to build a TensorRT engine")
 
@@ -203,6 +203,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if profile:
         opts["trt_profile"] = profile
     if args.trt_version:
+        from edgec.backends.tensorrt_cache import version_number
+
+        version_number(args.trt_version)  # a malformed version fails now, not after the whole pipeline
         opts["trt_version"] = args.trt_version
     if args.no_engine:
         opts["build_engine"] = False
@@ -442,11 +445,11 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     from edgec.model_io import parse_shapes
 
     opts = _quant_options(args)
+    if args.out and Path(args.out).suffix not in (".json", ".html"):
+        raise EdgecError(f"-o {args.out}: unknown report format", hint="use a .json or .html file name")
     rep = quant_report.quant_report(args.model, args.calib, target=args.target, calib_limit=args.calib_limit,
                                     options=opts, shapes=parse_shapes(args.shape) or None)
     if args.out:
-        if Path(args.out).suffix not in (".json", ".html"):
-            raise EdgecError(f"-o {args.out}: use a .json or .html file name")
         quant_report.write(rep, args.out)
     if not args.quiet:
         print(quant_report.format_table(rep, top=args.top))
@@ -529,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgecError as exc:
         if getattr(args, "verbose", False):
             traceback.print_exc()
-        print(f"edgec: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_USER)
+        code = getattr(exc, "exit_code", EXIT_USER)
+        # EXIT_INTERNAL: edgec's own fault (a pass crashed or broke the model, TensorRT refused what we wrote).
+        kind = "internal error" if code == EXIT_INTERNAL else "error"
+        print(f"edgec: {kind}: {exc}", file=sys.stderr)
+        return code
     except BrokenPipeError:
         # `edgec inspect x --json | head`: the reader left; nothing to report.
         sys.stderr.close()
@@ -544,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"edgec: internal error: {type(exc).__name__}: {first} (rerun with --verbose and report it)",
               file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from edgec import graphdiff, metrics, model_io, runtime
-from edgec.errors import EdgecError
+from edgec.errors import EXIT_INTERNAL, EdgecError
 from edgec.graph import opset_version
 from edgec.pass_infra import Feed, Pass, PassContext
 from edgec.records import Drift, PassRecord
@@ -42,7 +42,11 @@ EVAL_BATCH = 16
 
 
 class PassFailed(EdgecError):
-    """A pass broke the model or, being exact, changed its outputs."""
+    """A pass crashed, broke the model (invalid, or ONNX Runtime cannot run it) or, being exact, changed its
+    outputs. Each is a bug in edgec, not the user's mistake: the CLI exits EXIT_INTERNAL (1) naming the pass
+    (``-v`` prints the traceback). A pass that finds bad input raises a plain EdgecError instead (exit 2)."""
+
+    exit_code = EXIT_INTERNAL
 
 
 class Manager:
