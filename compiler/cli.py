@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EXIT_USER, EdgecError
+from edgec.errors import EXIT_USER, BudgetNotMet, EdgecError
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -229,8 +229,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
     opts = _options(args)
+    searched = None
     if args.max_drop is not None or args.min_sqnr is not None:
-        _search(args, model, calib, out, opts, console)
+        searched = _search(args, model, calib, out, opts, console)
     status = console.status("compiling") if console is not None and console.is_terminal else None
     if status is not None:
         status.start()
@@ -249,11 +250,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result.report.print(console)
         if out:
             console.print(f"wrote {out}/ (model, report.json, report.html)")
+    if searched is not None and not searched.met:
+        # The best model found is written above; exit 3 so build scripts notice the budget was missed.
+        raise BudgetNotMet(searched.message.split("; see the Pareto table")[0])
     return 0
 
 
 def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | None, opts: dict[str, Any],
-            console: Any) -> None:
+            console: Any) -> Any:
     """Budgeted mixed precision: find which layers stay float, then the compile below uses them."""
     from edgec import mixed_precision
 
@@ -265,11 +269,17 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
                                      min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
-                                     target_file=args.target_file)
+                                     target_file=args.target_file,
+                                     budget_on=getattr(args, "budget_on", None) or "mean")
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
+    if res.a16:
+        opts["a16"] = list(res.a16)
+    for key, value in res.fixed.items():  # the range rule and bias correction the search measured with
+        opts.setdefault(key, value)
     if console is not None:
         console.print(res.message)
         console.print(res.pareto_table())
+    return res
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:

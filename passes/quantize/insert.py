@@ -34,10 +34,21 @@ from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, const_array, infer_shapes, nodes_of
 from edgec.pass_infra import Pass, PassContext, register
 from edgec.passes.quantize.decompose import decompose_hard_activations
-from edgec.passes.quantize.placement import WEIGHTED, Placement, place
+from edgec.passes.quantize.placement import WEIGHTED, Placement, place, with_activations
 from edgec.passes.quantize.scheme import QuantScheme
 
 INT32_MAX = 2**31 - 1
+MS_DOMAIN = "com.microsoft"
+_WIDE_NP: dict[type[np.integer], type[np.integer]] = {np.uint8: np.uint16, np.int8: np.int16}
+_IR_TYPE = {np.uint8: ir.DataType.UINT8, np.int8: ir.DataType.INT8, np.uint16: ir.DataType.UINT16,
+            np.int16: ir.DataType.INT16}
+
+
+def wide_levels(scheme: QuantScheme) -> calib.Levels:
+    """The 16-bit grid of an A16W8 tensor, of the scheme's signedness and symmetry."""
+    if scheme.act_dtype == "uint8":
+        return calib.Levels(0, 65534 if scheme.act_symmetric else 65535, scheme.act_symmetric)
+    return calib.Levels(-32767 if scheme.act_symmetric else -32768, 32767, scheme.act_symmetric)
 
 
 @register("quantize", exact=False)
@@ -66,8 +77,12 @@ class Quantize(Pass):
         if method not in calib.METHODS:
             raise EdgecError(f"unknown calibration method '{method}'", hint=" | ".join(calib.METHODS))
         exclude = list(self.exclude or []) + _as_list(ctx.options.get("exclude"))
+        exclude = with_activations(model.graph, exclude)
         fallback = _as_list(self.fallback or ctx.options.get("fallback"))
         share = bool(ctx.options.get("share_concat", True))
+        # A16W8 (mixed precision): these nodes' quantized tensors take 16-bit activations; ORT runs them
+        # with com.microsoft Q/DQ (uint16/int16), the other runtimes' converters would not read them.
+        wide = _as_list(ctx.options.get("a16")) if scheme.placement == "ort" else []
         bits = scheme.weight_bits
         infer_shapes(model)
         _name_values(model.graph)
@@ -80,15 +95,15 @@ class Quantize(Pass):
         if fallback == ["auto"]:
             trial = model_io.from_proto(onnx.ModelProto.FromString(shipped)) if shipped is not None else model
             if decompose and shipped is not None:
-                decompose_hard_activations(trial.graph)
+                decompose_hard_activations(trial.graph, exclude)
             fallback = self._measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped)
             if fallback == ["fp32"]:
                 return False  # the model is untouched: the decomposition has not been applied to it
-        decomposed = decompose_hard_activations(model.graph) if decompose else 0
+        decomposed = decompose_hard_activations(model.graph, exclude) if decompose else 0
         if decomposed:
             ctx.details["hard_activations_decomposed"] = decomposed
         exclude += fallback_exclusions(model.graph, fallback)
-        plan = place(model.graph, scheme, exclude, share_concat=share)
+        plan = place(model.graph, scheme, exclude, share_concat=share, wide=wide)
         if not plan.nodes and not plan.tensors:
             ctx.details["skipped"] = plan.skipped
             return False
@@ -102,7 +117,8 @@ class Quantize(Pass):
         if before is not None:
             ctx.cache["float_model"] = before  # read by bias-correct (passes/bias_correct.py)
         if method == "auto" and before is not None:
-            (method, bc), scores = self._choose_config(before, ctx, scheme, exclude, share, stats, bits, bc_opt)
+            (method, bc), scores = self._choose_config(before, ctx, scheme, exclude, share, stats, bits, bc_opt,
+                                                       wide)
             ctx.details["auto_scores"] = scores
         else:
             method = "percentile" if method == "auto" else method
@@ -125,7 +141,7 @@ class Quantize(Pass):
         return True
 
     def _choose_config(self, before: bytes, ctx: PassContext, scheme: QuantScheme, exclude: list[str], share: bool,
-                       stats: dict[str, calib.TensorStats], bits: int, bc_opt: Any
+                       stats: dict[str, calib.TensorStats], bits: int, bc_opt: Any, wide: Sequence[str] = ()
                        ) -> tuple[tuple[str, bool], dict[str, float]]:
         """--calib-method auto: build the model with each range rule (and with/without bias correction)
         from the SAME statistics and keep the one whose outputs have the best SQNR on the sample inputs.
@@ -148,7 +164,7 @@ class Quantize(Pass):
         scores: dict[str, float] = {}
         for m, bc in configs:
             cand = model_io.from_proto(onnx.ModelProto.FromString(before))
-            plan = place(cand.graph, scheme, exclude, share_concat=share)
+            plan = place(cand.graph, scheme, exclude, share_concat=share, wide=wide)
             insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, self.percentile), scheme, bits,
                        stats if bc else None)
             out = runtime.run(runtime.session(model_io.to_bytes(cand), optimization="basic"), feeds)
@@ -283,6 +299,11 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
     cached = ctx.cache.get("calib_stats")
     if cached is not None and cached[0] == key and (ctx.cache.get("calib_histogram", True) or not histogram):
         return cached[1]
+    # Statistics of a superset (the mixed-precision search calibrates the union of its candidates' tensors
+    # once): the same numbers, since every tensor is measured on the float model.
+    union = ctx.cache.get("calib_union")
+    if union is not None and set(names) <= union.keys() and (ctx.cache.get("calib_histogram", True) or not histogram):
+        return {n: union[n] for n in names}
     feeds = ctx.calibration_feeds()
     if getattr(feeds, "synthetic", False):
         ctx.warn("quantization ranges were calibrated on RANDOM data (--calib random): expect poor accuracy")
@@ -307,7 +328,6 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
 def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], scheme: QuantScheme, method: str,
                       percentile: float) -> dict[str, dict[str, Any]]:
     """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range."""
-    lv = scheme.act_levels
     out: dict[str, dict[str, Any]] = {}
     grouped: dict[str, list[str]] = {}
     for g in plan.groups:
@@ -324,11 +344,13 @@ def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], sche
         for m in members[1:]:
             st = st.merged(stats[m])
         fixed = next((plan.fixed[m] for m in members if m in plan.fixed), None)
-        if fixed is not None:
+        lv = wide_levels(scheme) if name in plan.wide else scheme.act_levels
+        if fixed is not None and name not in plan.wide:
             scale, zp = fixed
             lo, hi, used = (lv.qmin - zp) * scale, (lv.qmax - zp) * scale, "fixed"
         else:
-            (lo, hi), used = calib.choose_range(st, method, lv, percentile)
+            # 16 bits leave no resolution to buy with clipping: a wide tensor keeps its whole range.
+            (lo, hi), used = calib.choose_range(st, "minmax" if name in plan.wide else method, lv, percentile)
             scale, zp = calib.scale_zero_point(lo, hi, lv)
         for m in members:
             own = stats[m]
@@ -361,7 +383,10 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
         act_scale[id(t)] = p["scale"]
         producer = t.producer()
         rows.append({"tensor": t.name, "kind": "activation", "op": producer.op_type if producer else "input", **p})
-        _insert_pair(graph, t, p["scale"], p["zero_point"], act_np, names, shared)
+        wide = (t.name or "") in plan.wide
+        _insert_pair(graph, t, p["scale"], p["zero_point"], _WIDE_NP[act_np] if wide else act_np, names, shared)
+        if wide:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
     for node, i in plan.consts:
         _quantize_const_input(graph, node, i, scheme, names, shared)
     for node in plan.scaled:
@@ -590,7 +615,7 @@ def _fold_scalar_mul(graph: ir.Graph, node: ir.Node, names: NameSource,
     s = const_array(dq.inputs[1])
     base = node.outputs[0].name or node.name or "mul"
     sv = _scalar(graph, (np.asarray(s, np.float32) * np.float32(c)).astype(np.float32), f"{base}_s", names, shared)
-    new = ir.node("DequantizeLinear", [dq.inputs[0], sv, dq.inputs[2]], name=names("dq"))
+    new = ir.node("DequantizeLinear", [dq.inputs[0], sv, dq.inputs[2]], name=names("dq"), domain=dq.domain)
     out = node.outputs[0]
     new.outputs[0].dtype, new.outputs[0].shape = ir.DataType.FLOAT, out.shape
     graph.insert_after(dq, new)
@@ -620,10 +645,12 @@ def _insert_pair(graph: ir.Graph, t: ir.Value, scale: float, zp: int, dtype: typ
     # Short node names ("q_12": left unnamed, the serializer writes "node_QuantizeLinear_12") and short
     # suffixes: on a detector with ~500 quantized tensors the names were ~10 % of the int8 file. The
     # Q output only links the pair, so it takes a short name too; the DQ output keeps the tensor's.
-    q = ir.node("QuantizeLinear", [t, sv, zv], name=names("q"))
-    dq = ir.node("DequantizeLinear", [q.outputs[0], sv, zv], name=names("dq"))
+    # 16-bit: ONNX Runtime's com.microsoft Q/DQ (opset-21 ONNX Q/DQ would force an opset upgrade).
+    domain = MS_DOMAIN if dtype in (np.uint16, np.int16) else ""
+    q = ir.node("QuantizeLinear", [t, sv, zv], name=names("q"), domain=domain)
+    dq = ir.node("DequantizeLinear", [q.outputs[0], sv, zv], name=names("dq"), domain=domain)
     q.outputs[0].name = names("i")
-    q.outputs[0].dtype = ir.DataType.UINT8 if dtype is np.uint8 else ir.DataType.INT8
+    q.outputs[0].dtype = _IR_TYPE[dtype]
     q.outputs[0].shape = t.shape
     out = dq.outputs[0]
     out.name = names(f"{base}_dq")
