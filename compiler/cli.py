@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--metric", help="mixed precision metric: sqnr, top1 or module:function")
     q.add_argument("--max-drop", type=float, help="mixed precision: largest allowed top-1 drop (points)")
     q.add_argument("--min-sqnr", type=float, help="mixed precision: lowest allowed output SQNR (dB)")
+    q.add_argument("--max-float", type=int, help="mixed precision: keep at most this many layers float")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -270,7 +271,8 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
                                      target_file=args.target_file,
-                                     budget_on=getattr(args, "budget_on", None) or "mean")
+                                     budget_on=getattr(args, "budget_on", None) or "mean",
+                                     max_steps=args.max_float)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if res.a16:
         opts["a16"] = list(res.a16)

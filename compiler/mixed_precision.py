@@ -46,6 +46,7 @@ from edgec.sensitivity import (
     split_feeds,
 )
 
+
 # ---------------------------------------------------------------------------------- mixed precision
 @dataclasses.dataclass
 class Step:
@@ -290,10 +291,13 @@ def _local_ranking(float_model: ir.Model, q: Quantizer, feeds: Sequence[Feed], c
         node = nodes[name]
         unit = exclusion_unit(float_model, name)
         last = next((nodes[u] for u in unit[1:] if nodes[u].inputs and nodes[u].inputs[0] is node.outputs[0]), node)
-        ins = [v.name for v in node.inputs if v is not None and v.name and const_array(v) is None]
+        ins = [v.name for v in node.inputs if v is not None and v.name and const_array(v) is None
+               and v.dtype == ir.DataType.FLOAT]
         ends[name] = ([i for i in ins if i], last.outputs[0].name or "")
     qnames = {o.name for n in qm.graph for o in n.outputs} | {v.name for v in qm.graph.inputs}
-    wanted = sorted({t for i, o in ends.values() for t in (*i, o) if t in qnames})
+    floats = {o.name for n in float_model.graph for o in n.outputs if o.dtype == ir.DataType.FLOAT}
+    floats |= {v.name for v in float_model.graph.inputs}
+    wanted = sorted({t for i, o in ends.values() for t in (*i, o) if t in qnames and t in floats})
     ref = runtime.run(runtime.session(calib.with_outputs(float_model, wanted), optimization="basic"), feeds)
     out = runtime.run(runtime.session(calib.with_outputs(qm, wanted), optimization="basic"), feeds)
 
@@ -343,7 +347,7 @@ def run_search(model: str | Path, target: str = "cpu-int8", calib: str | Path = 
                max_drop: float | None = None, min_sqnr: float | None = None, metric: str | None = None,
                eval_spec: str | Path | None = None, out_dir: str | Path | None = None, equalize: bool = False,
                bias_correct: bool = False, limit: int | None = None, preprocess: Any = None,
-               target_file: str | Path | None = None, budget_on: str = "mean",
+               target_file: str | Path | None = None, budget_on: str = "mean", max_steps: int | None = None,
                progress: Callable[[str], Any] | None = None) -> SearchResult:
     """``edgec compile MODEL --target T --calib C --max-drop P | --min-sqnr DB [-o DIR]``: the search, then
     the best model + pareto.json/pareto.txt in ``out_dir`` (written even when the budget is not met).
@@ -354,4 +358,5 @@ def run_search(model: str | Path, target: str = "cpu-int8", calib: str | Path = 
     loaded = model_io.load(model)
     cal, ev, _ = split_feeds(loaded, calib, eval_spec, limit=limit, preprocess=preprocess)
     return search(loaded, tgt, cal, ev, max_drop=max_drop, min_sqnr=min_sqnr, metric=metric, out_dir=out_dir,
-                  equalize=equalize, bias_correct=bias_correct, budget_on=budget_on, progress=progress)
+                  equalize=equalize, bias_correct=bias_correct, budget_on=budget_on, max_steps=max_steps,
+                  progress=progress)
