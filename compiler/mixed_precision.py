@@ -203,13 +203,15 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     def measure(action: str, layers: list[str], exclude: list[str], wide: list[str]) -> Step:
         nonlocal best
         m = build(exclude, wide)
-        c = cev.score(m).sqnr_db
-        s = ev.score(m)
+        data = model_io.to_bytes(m)
+        sess = runtime.session(data, optimization="basic")  # one session for both feed sets
+        c = cev.score(data, sess).sqnr_db
+        s = ev.score(data, sess)
         lat = math.nan
         if time_latency:
             lat = runtime.time_session(runtime.session(m, threads=2), ev.feeds[0], runs=latency_runs,
                                        warmup=3)["median_ms"]
-        step = Step(list(layers), s.metric, s.drop, s.sqnr_db, s.top1, lat, metrics.summarize(m).bytes, meets(s),
+        step = Step(list(layers), s.metric, s.drop, s.sqnr_db, s.top1, lat, len(data), meets(s),
                     exclude=list(exclude), a16=list(wide), action=action, calib_sqnr_db=c, sqnr_p10=s.sqnr_p10,
                     sqnr_min=s.sqnr_min)
         # Accepted only if the calibration SQNR does not fall (the table is monotone by construction).

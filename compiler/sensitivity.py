@@ -224,11 +224,12 @@ class Evaluator:
             return float(np.percentile(per, 10, method="lower") if self.budget_on == "p10" else per.min())
         return float(d.sqnr_db)
 
-    def outputs(self, model: ir.Model | bytes) -> list[Feed]:
-        return runtime.run(runtime.session(model, optimization="basic"), self.feeds)
+    def outputs(self, model: ir.Model | bytes, session: Any = None) -> list[Feed]:
+        return runtime.run(session or runtime.session(model, optimization="basic"), self.feeds)
 
-    def score(self, model: ir.Model | bytes) -> Score:
-        outs = self.outputs(model)
+    def score(self, model: ir.Model | bytes, session: Any = None) -> Score:
+        """``session``: an ONNX Runtime session of ``model`` already built (one per configuration, shared)."""
+        outs = self.outputs(model, session)
         d = metrics.drift(self.reference, outs)
         m = self._metric(outs)
         drop = 0.0 if math.isinf(self.fp32_metric) and math.isinf(m) else self.fp32_metric - m
