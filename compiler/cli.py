@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from edgec.errors import EXIT_USER, BudgetNotMet, EdgecError
+from edgec.explore import add_parser as explore_parser
+from edgec.explore import run as cmd_explore
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -46,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--target", help="target name (`edgec targets`); default cpu-fp32")
     c.add_argument("--target-file", help="a TOML file defining more targets")
     c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
+    c.add_argument("--add", action="append", default=[], metavar="PASS[:ARGS]",
+                   help="insert a pass into the target's pipeline at its stage, e.g. --add depthwise (repeatable)")
     c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
     c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
     c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
@@ -92,13 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     _add_common(i)
 
-    d = sub.add_parser("diff", help="structural and numeric difference between two models")
-    d.add_argument("a")
-    d.add_argument("b")
+    d = sub.add_parser("diff", help="node-level and numeric difference between two models, or one pass of a compile")
+    d.add_argument("a", help="an .onnx file, or a compile's report.json (with --pass)")
+    d.add_argument("b", nargs="?", help="the second .onnx file")
+    d.add_argument("--pass", dest="pass_name", help="with a report.json: show this pass's node-level diff")
+    d.add_argument("--html", help="also write the before/after drawing page to this .html file")
     d.add_argument("--calib", help="sample inputs (image folder, .npz, module:function); default random")
     d.add_argument("--num-samples", type=int, default=8)
     d.add_argument("--json", action="store_true")
     _add_common(d)
+
+    explore_parser(sub)
 
     sub.add_parser("passes", help="list the registered passes")
     sub.add_parser("targets", help="list the targets")
@@ -247,7 +255,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         status.start()
     try:
         result = edgec.compile(
-            model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
+            model, target=args.target, passes=args.passes, add=args.add, calib=calib, samples=args.samples,
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
@@ -332,16 +340,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     import edgec
+    from edgec import graphdiff, report_html
     from edgec.model_io import parse_shapes
 
+    if args.a.endswith(".json") or args.pass_name:
+        return graphdiff.show_report(args.a, args.b, args.pass_name, args.html, args.json, args.quiet)
+    if not args.b:
+        raise EdgecError("edgec diff: give two .onnx files, or a report.json with --pass NAME")
+    nodes = graphdiff.diff_files(args.a, args.b, shapes=parse_shapes(args.shape) or None)
+    if args.html:
+        graphdiff.write_page(args.html, report_html.diff_page(nodes, args.a, args.b))
     res = edgec.diff(args.a, args.b, calib=args.calib, num_samples=args.num_samples,
                      shapes=parse_shapes(args.shape) or None)
     if args.json:
-        print(json.dumps(res, indent=2, default=str))
+        print(json.dumps({**res, "nodes": nodes}, indent=2, default=str))
         return 0
     console = _console(args)
     if console is None:
         return 0
+    for line in graphdiff.format_text(nodes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sa, sb = res["summary_a"], res["summary_b"]
     for key in ("nodes", "params", "macs", "bytes"):
         console.print(f"{key:>7}: {sa[key]:>14,} -> {sb[key]:>14,}  ({sb[key] - sa[key]:+,})")
@@ -370,11 +388,14 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from edgec.targets import builtin
+    from edgec.targets import add_points, builtin
 
     for t in builtin().values():
         print(f"{t.name:<13} {t.backend:<9} {t.description}")
+        print(f"{'':<13} stages: {t.outline()}")
         print(f"{'':<13} passes: {','.join(t.passes)}")
+        for stage, names in add_points(t).items():
+            print(f"{'':<13} --add {'|'.join(names)}: after {stage}")
     return 0
 
 
@@ -490,7 +511,8 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build,
+            "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:

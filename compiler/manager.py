@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from edgec import metrics, model_io, runtime
+from edgec import graphdiff, metrics, model_io, runtime
 from edgec.errors import EdgecError
 from edgec.graph import opset_version
 from edgec.pass_infra import Feed, Pass, PassContext
@@ -44,6 +44,7 @@ class Manager:
         self.reference: list[Feed] | None = None
         self.records: list[PassRecord] = []
         self.final_outputs: list[Feed] | None = None
+        self.differ = graphdiff.DiffInstrument()  # node-level diff of every pass, for the record
 
     # -- measurement ------------------------------------------------------------------------------
     def _outputs(self, model: ir.Model, proto: onnx.ModelProto) -> list[Feed]:
@@ -85,6 +86,7 @@ class Manager:
         # The outputs of the model as it enters the pass, on ctx.samples: a lossy pass comparing its own
         # candidates (quantize's method choice) reads them instead of running the float model again.
         self.ctx.cache["sample_outputs"] = self.final_outputs
+        self.differ.run_before_pass(model)
         t0 = time.perf_counter()
         try:
             if p.min_opset and opset_version(model) < p.min_opset:
@@ -121,7 +123,8 @@ class Manager:
             self.final_outputs = outputs
         summary = self.records[-1].summary if proto is None else metrics.summarize(model, proto)
         rec = PassRecord(name=p.name, params=p.params, exact=p.is_exact(), seconds=seconds, changed=changed,
-                         summary=summary, drift=drift, details=dict(self.ctx.details))
+                         summary=summary, drift=drift, details=dict(self.ctx.details),
+                         diff=self.differ.run_after_pass(model, changed=proto is not None))
         self.records.append(rec)
         if self.dump_dir is not None:
             model_io.save(model, self.dump_dir / f"{index:02d}_{p.name}.onnx")
@@ -130,6 +133,7 @@ class Manager:
     def _roll_back(self, p: Pass, backup: bytes, exc: EdgecError, seconds: float) -> ir.Model:
         """Restore the model from before ``p`` and record the pass as rolled back (``--keep-going``)."""
         restored = model_io.from_proto(onnx.ModelProto.FromString(backup))
+        self.differ.forget()
         self.records.append(PassRecord(
             name=p.name, params=p.params, exact=p.is_exact(), seconds=seconds, changed=False,
             summary=metrics.summarize(restored), drift=self.records[-1].drift, status="rolled-back",

@@ -50,6 +50,8 @@ class PassRecord:
     status: str = "ok"  # ok | rolled-back | failed
     message: str = ""
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Node-level diff against the model before the pass (edgec.graphdiff), computed by the manager.
+    diff: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgec import graphdiff, report_html
 from edgec.model_io import atomic_path
 from edgec.records import Artifacts, PassRecord
 
@@ -30,7 +31,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "target": self.target, "samples": self.samples, "warnings": self.warnings,
                 "passes": [r.to_dict() for r in self.records],
-                "backend": self.artifacts.to_dict() if self.artifacts else None, **self.extra}
+                "backend": self.artifacts.to_dict() if self.artifacts else None,
+                "graph_diff_cost": graphdiff.cost(self.records), **self.extra}
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -101,27 +103,39 @@ class Report:
                 ", ".join(f"{k} {v}" for k, v in _op_delta(recs, r).items()))) + "</tr>"
             for r in recs)
         warn = "".join(f"<p class=w>warning: {html.escape(w)}</p>" for w in self.warnings)
-        backend = ""
-        if self.artifacts:
-            backend = f"<h2>backend: {html.escape(self.artifacts.backend)}</h2><pre>" + html.escape(
-                json.dumps(_finite(self.artifacts.to_dict()), indent=2, default=str)) + "</pre>"
-        details = "".join(
-            f"<details><summary>{html.escape(r.name)} details</summary><pre>"
-            f"{html.escape(json.dumps(_finite(r.details), indent=1, default=str)[:20000])}</pre></details>"
-            for r in recs if r.details)
+        backend = report_html.backend_tables(_finite(self.artifacts.to_dict())) if self.artifacts else ""
+        details = "<h2>passes</h2>" + "".join(_pass_html(recs, r) for r in recs[1:])
         extra = "".join(self.extra.get("html_sections", []))
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgec report</title><style>
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}td:first-child{{text-align:left}}
-.w{{color:#a60;font-weight:bold}}.plots{{display:flex;flex-wrap:wrap;gap:16px}}</style></head><body>
-<h1>edgec report</h1><p>model <b>{html.escape(self.model)}</b>{' &middot; target <b>' + html.escape(self.target) + '</b>' if self.target else ''}
+.w{{color:#a60;font-weight:bold}}.plots{{display:flex;flex-wrap:wrap;gap:16px}}{report_html.CSS}</style>
+{report_html.SCRIPT}</head><body>
+<h1>edgec report</h1>{report_html.search_bar()}<p>model <b>{html.escape(self.model)}</b>{' &middot; target <b>' + html.escape(self.target) + '</b>' if self.target else ''}
 &middot; samples: {html.escape(self.samples or 'none')}</p>{warn}
 <table><tr><th>pass</th><th>kind</th><th>s</th><th>nodes</th><th>params</th><th>MACs</th><th>bytes</th>
 <th>max rel</th><th>SQNR dB</th><th>top-1</th><th>status</th><th>op changes</th></tr>{rows}</table>
-<div class=plots>{''.join(plots)}</div>{extra}{backend}{details}</body></html>"""
+<div class=plots>{''.join(plots)}</div>{details}{extra}{backend}</body></html>"""
         with atomic_path(path) as tmp:
             tmp.write_text(page)
         return path
+
+
+def _pass_html(recs: list[PassRecord], r: PassRecord) -> str:
+    """One pass: its op delta, drift, before/after drawings and tables (edgec.report_html)."""
+    prev = recs[recs.index(r) - 1].summary
+    d = r.drift
+    drift = "" if d is None else (f"drift vs input model: max rel {d.max_rel:.2e}, SQNR {_db(d.sqnr_db)} dB, "
+                                  f"cosine {d.cosine:.6f}" + (f", worst output {html.escape(d.worst_output)}"
+                                                              if d.worst_output else ""))
+    if r.status != "ok":
+        drift = f"<b>{html.escape(r.status)}</b>: {html.escape(r.message)}<br>{drift}"
+    head = (f"<b>{html.escape(r.name)}</b> &middot; {'exact' if r.exact else 'lossy'} &middot; {r.seconds:.2f} s "
+            f"&middot; nodes {prev.nodes} &rarr; {r.summary.nodes} &middot; {report_html.diff_summary(r.diff)}")
+    ops = ", ".join(f"{k} {v}" for k, v in _op_delta(recs, r).items())
+    changed = bool(r.diff and not graphdiff.is_empty(r.diff))
+    return report_html.pass_section(r.name, head, drift, ops, _finite(r.diff) if r.diff else None,
+                                    _finite(r.details), is_open=changed or r.status != "ok")
 
 
 def _db(x: float) -> str:
