@@ -93,7 +93,7 @@ class Quantize(Pass):
             ctx.details["skipped"] = plan.skipped
             return False
         # ``minmax`` needs no histograms: min/max only, as ONNX Runtime's MinMax calibrator keeps.
-        stats = calibrate(model, [t.name or "" for t in plan.tensors], ctx, self.batch, histogram=method != "minmax")
+        stats = calibrate(model, [t.name or "" for t in plan.tensors], ctx, self.batch, histogram=method not in ("minmax", "mean_minmax"))
         # The float model the int8 one is measured against: the shipped bytes unless HardSwish was decomposed.
         before = (model_io.to_bytes(model) if decomposed else shipped) if ctx.samples else None
         # The bias-correct pass (empirical, after quantize) measures the shift itself: correcting here
@@ -109,6 +109,13 @@ class Quantize(Pass):
             bc = bc_opt is not False
         params = activation_params(plan, stats, scheme, method, self.percentile)
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
+        ctx.cache["weight_bits"] = bits  # read by the adaround pass
+        if _flag(ctx.options.get("adaround")) and before is not None:
+            from edgec.passes.quantize.adaround import AdaRound, adaround, head
+
+            cfg = AdaRound()
+            ctx.details["adaround"] = adaround(model, model_io.from_proto(onnx.ModelProto.FromString(before)),
+                                               head(ctx.calibration_feeds(), cfg.samples), bits, cfg)
         ctx.details["bias_correction"] = bc
         ctx.details["weight_bits"] = bits
         ctx.details["weight_bits_why"] = f"{bits}-bit weights from {bits_from}: " + (
@@ -138,7 +145,9 @@ class Quantize(Pass):
 
         # Per-tensor MSE ("auto" in edgec.calib) scored best on PP-LCNet's calibration samples and worst on
         # held-out images (tight clips overfit): only the generalising rules compete here.
-        configs = [("percentile", True), ("percentile", False), ("minmax", True)]
+        # mean_minmax is NNCF's default range; it needs no histogram tail, so it is robust to few samples.
+        configs = [("percentile", True), ("percentile", False), ("minmax", True), ("mean_minmax", True),
+                   ("mean_minmax", False)]
         if bc_opt is not None and bc_opt != "auto":
             configs = list(dict.fromkeys((m, bool(bc_opt)) for m, _ in configs))
         feeds = ctx.samples[:4]
@@ -185,7 +194,7 @@ class Quantize(Pass):
                 plans[key] = (m, plan)
         names = sorted({t.name or "" for _m, p in plans.values() for t in p.tensors})
         stats = calibrate(model_io.from_proto(onnx.ModelProto.FromString(base)), names, ctx, self.batch,
-                          histogram=method != "minmax")
+                          histogram=method not in ("minmax", "mean_minmax"))
         for key, (m, plan) in plans.items():
             rule = "percentile" if method == "auto" else method
             insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, self.percentile), scheme, bits,
@@ -223,6 +232,10 @@ def _int_option(value: Any, key: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise EdgecError(f"--set {key}={value!r}: expected a whole number", hint="7 or 8") from None
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _as_list(value: Any) -> list[str]:
