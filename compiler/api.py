@@ -86,10 +86,12 @@ def compile(
     report: str | os.PathLike | None = None,
     on_step: Callable[[str], None] | None = None,
     progress: bool = False,
+    add: Sequence[str] = (),
 ) -> CompileResult:
     """Run a target's pipeline (or an explicit pass list) and emit the backend's artifacts.
 
-    ``passes`` overrides the target's pipeline; the target still gives the numeric scheme and backend
+    ``passes`` overrides the target's pipeline; ``add`` inserts passes (specs) into it, each at the end of
+    the stage its class names (``edgec targets`` shows where); the target still gives the numeric scheme and backend
     (``cpu-fp32`` when neither is given). With ``out_dir`` the backend writes ``model.onnx`` (or
     ``.tflite``...) plus ``report.json`` and ``report.html`` there.
     """
@@ -98,7 +100,10 @@ def compile(
         # Checked before anything runs, so a typo never leaves a half-written -o folder behind.
         raise EdgecError(f"--report {report}: unknown report format", hint="use a .json or .html file name")
     tgt = targets.get(target or "cpu-fp32", target_file)
-    pipeline = parse_pipeline(tgt.passes if passes is None else passes) if not (
+    if add and passes is not None:
+        raise EdgecError("--add inserts passes into a target's pipeline; with --passes, list them there")
+    base = targets.with_added(tgt, add) if add else tgt.passes
+    pipeline = parse_pipeline(base if passes is None else passes) if not (
         passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
     pipeline = _recovery_passes(pipeline, options)
     loaded = load_model(model, shapes)
@@ -114,6 +119,9 @@ def compile(
         warnings.append(data.RANDOM_WARNING)
     feeds, desc = sample_feeds(loaded, calib_src, samples, num_samples, preprocess, warnings)
     ctx = PassContext(samples=feeds, calib=calib_src, scheme=tgt.scheme, options=options, target=tgt)
+    backend = get_backend(tgt.backend)
+    if hasattr(backend, "layer_timer"):  # the target runtime times small models itself (not ORT)
+        ctx.layer_timer, ctx.layer_runtime = backend.layer_timer, backend.LAYER_RUNTIME
     ctx.warnings.extend(warnings)
     mgr = Manager(ctx, keep_going=keep_going, dump_dir=dump_dir, on_step=on_step)
     mgr.start(loaded)

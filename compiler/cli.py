@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--target", help="target name (`edgec targets`); default cpu-fp32")
     c.add_argument("--target-file", help="a TOML file defining more targets")
     c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
+    c.add_argument("--add", action="append", default=[], metavar="PASS[:ARGS]",
+                   help="insert a pass into the target's pipeline at its stage, e.g. --add depthwise (repeatable)")
     c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
     c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
     c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
@@ -156,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-bn", action="store_true", help="keep BatchNormalization nodes (no constant folding)")
     e.add_argument("-q", "--quiet", action="store_true")
     e.add_argument("-v", "--verbose", action="store_true")
+
+    b = sub.add_parser("build", help="compile a manifest of models x targets, incrementally (README: Fleet builds)")
+    b.add_argument("manifest", help="a TOML manifest, e.g. edgec.toml")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1: serial)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the pairs as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
+    b.add_argument("--force", action="store_true", help="rebuild every pair, changed or not")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
@@ -236,7 +247,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         status.start()
     try:
         result = edgec.compile(
-            model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
+            model, target=args.target, passes=args.passes, add=args.add, calib=calib, samples=args.samples,
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
@@ -349,11 +360,14 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from edgec.targets import builtin
+    from edgec.targets import add_points, builtin
 
     for t in builtin().values():
         print(f"{t.name:<13} {t.backend:<9} {t.description}")
+        print(f"{'':<13} stages: {t.outline()}")
         print(f"{'':<13} passes: {','.join(t.passes)}")
+        for stage, names in add_points(t).items():
+            print(f"{'':<13} --add {'|'.join(names)}: after {stage}")
     return 0
 
 
@@ -431,6 +445,31 @@ def cmd_prune_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgec import build
+
+    manifest = build.load_manifest(args.manifest)
+    console = _console(args)
+    on_row = None
+    if console is not None:
+        def on_row(row: dict[str, Any]) -> None:
+            err = f"  {row['error']}" if row.get("error") else ""
+            console.print(f"{row['status']:>7}  {row['model']}/{row['target']}{err}", markup=False, highlight=False)
+    rows = build.build(manifest, jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None,
+                       force=args.force, on_row=on_row)
+    if console is not None:
+        from rich.table import Table
+
+        table = Table("model", "target", "status", "bytes", "latency ms", "SQNR dB", "build s", "error")
+        for cells in build.iter_rows(rows):
+            table.add_row(*cells)
+        console.print(table)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("built", "cached", "failed")}
+        console.print(f"{counts['built']} built, {counts['cached']} unchanged, {counts['failed']} failed; "
+                      f"index: {manifest.out / 'index.html'}")
+    return build.exit_code(rows)
+
+
 def _console(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return None
@@ -444,7 +483,7 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (Louizos et al. 2018,
 class AdaRound(Pass):
     """Learn each int8 weight's rounding (up or down) to minimise its layer's output error (Nagel et al. 2020)."""
 
+    add_after = "quantize"  # where --add inserts it in a target's pipeline
     samples: int = 16  # calibration feeds (each layer: one ORT pass over them)
     rows: int = 1024  # output positions per layer (the rows of its least-squares problem)
     min_rows: int = 256  # fewer (an SE block's 1x1 conv sees one row per image): rounding would overfit
