@@ -101,3 +101,33 @@ def test_adaround_pass_needs_the_float_model() -> None:
     with pytest.raises(EdgecError, match="float model"):
         edgec.compile(model_io.from_proto(proto), target="cpu-int8", passes=["adaround"],
                       calib=_feeds(np.random.default_rng(3), 4))
+
+
+def test_adaround_on_a_real_trained_model_holds_on_images_it_never_saw(zoo_path, zoo) -> None:
+    """PP-OCR text-direction classifier (trained), calibrated on 8 text lines, scored on 8 other lines and
+    8 photo crops (a shifted distribution). Measured with the full default (16 samples, 1024 rows, 300
+    steps) on held-aside lines: 17.6 dB with AdaRound vs 17.9 dB nearest: it does not win at 7 bits here,
+    which is why it is opt-in. This cheap run pins what must hold: every learned layer reconstructs its
+    float output better on its rows, and the held-aside SQNR stays within 1 dB of nearest rounding."""
+    name = "ppocr-cls"
+    entry = zoo.ENTRIES[name]
+    path = zoo_path(name)
+    cal = zoo.preprocess(zoo.images("lines", 8, (48, 192), seed=0), entry)
+    held = {kind: zoo.preprocess(zoo.images(kind, 8, (48, 192), seed=4242), entry) for kind in ("lines", "photos")}
+    passes = list(edgec.targets.get("cpu-int8").passes)
+    opts = {"calib_method": "minmax", "layer_sqnr": False}
+    plain = edgec.compile(path, target="cpu-int8", calib=cal, options=opts)
+    passes.insert(passes.index("quantize") + 1, "adaround:samples=4:rows=256:min_rows=64:iters=60")
+    learned = edgec.compile(path, target="cpu-int8", passes=passes, calib=cal, options=opts)
+    rows = next(r for r in learned.records if r.name == "adaround").details["layers"]
+    solved = [r for r in rows if "skipped" not in r]
+    assert len(solved) >= 10
+    assert all(r["mse_adaround"] <= r["mse_nearest"] for r in solved)
+    assert sum(r["changed"] for r in solved) > 100
+    ref_sess = runtime.session(str(path), optimization="basic")
+    for kind, feeds in held.items():
+        ref = runtime.run(ref_sess, feeds)
+        sq_p = metrics.drift(ref, runtime.run(runtime.session(plain.model, optimization="basic"), feeds)).sqnr_db
+        sq_l = metrics.drift(ref, runtime.run(runtime.session(learned.model, optimization="basic"), feeds)).sqnr_db
+        assert sq_l > sq_p - 1.0, (kind, sq_p, sq_l)
+        assert sq_l > 12.0, (kind, sq_l)
