@@ -67,10 +67,17 @@ class AdaRound(Pass):
         feeds = list(head(ctx.calibration_feeds(), self.samples))
         if not feeds:
             raise EdgecError("adaround: no calibration feeds", hint="give --calib")
+        warn_if_few(ctx, len(feeds))
         rows = adaround(model, float_model, feeds, bits, self)
         ctx.details["layers"] = rows
         ctx.details["samples"] = len(feeds)
         return any(r.get("changed", 0) for r in rows)
+
+
+def warn_if_few(ctx: PassContext, n: int) -> None:
+    if n < 16:
+        ctx.warn(f"adaround: only {n} calibration samples; the learned rounding may overfit them "
+                 "(ppocr-cls with 4: 16.5 dB on held-aside lines against 22.8 with nearest rounding)")
 
 
 @dataclasses.dataclass
@@ -121,7 +128,8 @@ def adaround(model: ir.Model, float_model: ir.Model, feeds: Sequence[Feed], bits
 
                 row["bias"] = subtract_from_bias(model.graph, layer.node, -resid.mean(axis=1).reshape(-1), names)
         else:
-            row["changed"] = 0  # nearest rounding was better on these rows: keep it
+            row["changed"] = 0
+            row["kept"] = "nearest rounding (the learned one reconstructs these rows worse)"
         rows.append(row)
     return rows
 

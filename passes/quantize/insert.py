@@ -115,11 +115,13 @@ class Quantize(Pass):
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
         ctx.cache["weight_bits"] = bits  # read by the adaround pass
         if _flag(ctx.options.get("adaround")) and before is not None:
-            from edgec.passes.quantize.adaround import AdaRound, adaround, head
+            from edgec.passes.quantize.adaround import AdaRound, adaround, head, warn_if_few
 
             cfg = AdaRound()
+            feeds = head(ctx.calibration_feeds(), cfg.samples)
+            warn_if_few(ctx, len(feeds))
             ctx.details["adaround"] = adaround(model, model_io.from_proto(onnx.ModelProto.FromString(before)),
-                                               head(ctx.calibration_feeds(), cfg.samples), bits, cfg)
+                                               feeds, bits, cfg)
         ctx.details["bias_correction"] = bc
         ctx.details["weight_bits"] = bits
         ctx.details["weight_bits_why"] = f"{bits}-bit weights from {bits_from}: " + (
