@@ -14,6 +14,7 @@ import onnx_ir as ir
 
 from edgec import metrics, model_io, runtime
 from edgec.errors import EdgecError
+from edgec.manager import run_batched
 from edgec.pass_infra import PassContext
 from edgec.passes.legalize_ort import QDQ, keep_names
 from edgec.records import Artifacts
@@ -43,9 +44,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
             ctx.warn("8-bit weights for a VNNI/AMX/ARM deployment: this host has no VNNI, so ONNX Runtime's int8 "
                      "kernels here saturate them: the artifact's drift and latency measured on this host are worse than "
                      "the deployment's (the per-pass drift uses reference numerics)")
-        outputs = runtime.run(sess, ctx.samples)
-        if "reference_outputs" in ctx.cache:
-            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()
+        _score(art, sess, ctx)
         runs = int(ctx.options.get("bench_runs", 30))
         if runs > 0:
             art.figures["latency"] = runtime.time_session(sess, ctx.samples[0], runs=runs)
@@ -67,6 +66,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
                     art.figures["bytes"] = path.stat().st_size
                     art.figures["shipped"] = "fp32"
                     art.figures["latency"] = runtime.time_session(runtime.session(path), ctx.samples[0], runs=runs)
+                    _score(art, runtime.session(path), ctx)  # the drift of the file that ships
                     ctx.warn(f"--fallback auto: int8 measured slower than fp32 ({cmp['int8_ms']:.3f} vs "
                              f"{cmp['fp32_ms']:.3f} ms); {path.name} is the fp32 model")
                 elif cmp["int8_slower"]:
@@ -79,6 +79,16 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     else:
         art.notes.append("no sample inputs: the model was loaded but not run or timed")
     return art
+
+
+def _score(art: Artifacts, sess: Any, ctx: PassContext) -> None:
+    """The artifact's drift, scored on the held-aside set the manager ran the input model on (on
+    ctx.samples when there is none)."""
+    held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
+    if held and reference is not None:
+        art.figures["drift"] = metrics.drift(reference, run_batched(sess, held), ctx.cache.get("eval_indices")).to_dict()
+    elif "reference_outputs" in ctx.cache:
+        art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
 
 
 def bench(path: str | Path, feed: dict, *, runs: int = 50, threads: int = 2,
