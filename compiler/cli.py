@@ -9,6 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from edgec import calib
 from edgec.errors import EXIT_INTERNAL, EXIT_USER, BudgetNotMet, EdgecError
 from edgec.explore import add_parser as explore_parser
 from edgec.explore import run as cmd_explore
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="score on at most this many held-aside samples (default: all, up to 256, within a "
                         "5 s budget of float runs; the count is printed)")
     c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
-    c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"],
+    c.add_argument("--calib-method", choices=list(calib.METHODS),
                    help="activation range method for quantize")
     c.add_argument("--preprocess", help="image preprocessing preset or spec (see docs)")
     c.add_argument("--exclude", action="append", help="node names or op types to keep in float (repeatable)")
@@ -132,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     qr.add_argument("model")
     qr.add_argument("--calib", help="calibration data (image folder, .npz, module:function, random)")
     qr.add_argument("-t", "--target", default="cpu-int8")
-    qr.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"])
+    qr.add_argument("--calib-method", choices=list(calib.METHODS))
     qr.add_argument("--calib-limit", type=int)
     qr.add_argument("--exclude", action="append")
     qr.add_argument("--preprocess")
