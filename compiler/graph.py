@@ -31,6 +31,33 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def feed_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """The graph inputs a caller must feed: initializers listed as inputs have a value already.
+
+    Under IR < 4 they are constants (see ``initializer_inputs_to_constants``); from IR 4 on ONNX Runtime
+    lets a caller override them but does not require it, so sample data never needs them.
+    """
+    return [v for v in graph.inputs if not v.is_initializer()]
+
+
+def initializer_inputs_to_constants(model: ir.Model) -> bool:
+    """IR < 4: initializers listed among the graph inputs are constants; say so in IR 4 form.
+
+    IR version 3 made every initializer a graph input as well, and ONNX Runtime treats them as constants
+    there (it refuses a feed for one). Left as inputs, nothing downstream of a weight could be folded or
+    fused, and sample files would be asked for weights. They are dropped from the inputs and the model
+    becomes IR 4 (the first version where an initializer need not be an input): the same computation,
+    and a model later passes may add initializers to without breaking the IR-3 rule.
+    """
+    if model.ir_version >= 4:
+        return False
+    keep = feed_inputs(model.graph)
+    model.graph.inputs.clear()
+    model.graph.inputs.extend(keep)
+    model.ir_version = 4
+    return True
+
+
 def is_const(value: ir.Value | None) -> bool:
     return const_array(value) is not None
 

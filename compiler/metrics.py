@@ -103,6 +103,12 @@ def drift(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
     names = list(reference[0]) if reference else []
     per: dict[str, dict[str, float | None]] = {}
     for name in names:
+        if not all(_numeric(r[name]) for r in reference):
+            # Strings, sequences, maps: no distance, only equal or not (0 or inf).
+            same = all(_same(r[name], c.get(name)) for r, c in zip(reference, candidate))
+            per[name] = {"max_abs": 0.0 if same else math.inf, "max_rel": 0.0 if same else math.inf,
+                         "sqnr_db": math.inf if same else -math.inf, "cosine": 1.0 if same else 0.0, "top1": None}
+            continue
         a = np.concatenate([np.asarray(r[name], dtype=np.float64).ravel() for r in reference])
         b = np.concatenate([np.asarray(c[name], dtype=np.float64).ravel() for c in candidate])
         if a.shape != b.shape:
@@ -129,6 +135,24 @@ def drift(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
                  sqnr_db=min(p["sqnr_db"] for p in per.values()),  # type: ignore[type-var]
                  cosine=min(p["cosine"] for p in per.values()),  # type: ignore[type-var]
                  top1=min(tops) if tops else None, worst_output=worst, per_output=per)
+
+
+def _numeric(x: object) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype.kind in "biufc" or np.isscalar(x) and not isinstance(x, str)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of outputs that have no numeric distance (string tensors, sequences, maps, None)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is None or b is None:
+        return a is b
+    x, y = np.asarray(a), np.asarray(b)
+    if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
+        return x.shape == y.shape and bool(np.allclose(x, y, equal_nan=True))
+    return x.shape == y.shape and bool(np.array_equal(x.astype(str), y.astype(str)))
 
 
 def looks_like_logits(shape: tuple[int, ...]) -> bool:

@@ -20,6 +20,7 @@ from edgec.graph import (
     const_array,
     consumers,
     infer_shapes,
+    initializer_inputs_to_constants,
     static_shape,
 )
 from edgec.pass_infra import Pass, PassContext, register
@@ -30,7 +31,9 @@ class LiftConstants(Pass):
     """Constant / ConstantOfShape nodes and initializers listed as graph inputs become initializers."""
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        changed = common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
+        # IR < 4 requires every initializer to be an input: lifting first would write an invalid model.
+        changed = initializer_inputs_to_constants(model)
+        changed |= common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
         names = NameSource(model.graph)
         for node in [n for n in model.graph if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx")]:
             shape = const_array(node.inputs[0])
