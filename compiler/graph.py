@@ -216,10 +216,41 @@ def opset_version(model: ir.Model) -> int:
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
 
 
-def infer_shapes(model: ir.Model) -> None:
-    """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks."""
+def infer_shapes(model: ir.Model, *, check_type: bool = False) -> bool:
+    """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks.
+
+    Outputs of If/Loop/Scan and every value inside their subgraphs keep the shapes they had: inference
+    there merges branches (or loop iterations) that ONNX Runtime only ever runs one at a time, and a
+    shape written into the model is a claim ORT checks when it loads it. Passes leave subgraphs alone,
+    so they need no shapes there.
+    """
     from onnx_ir.passes import common
 
+    kept = [(v, v.shape, v.type) for v in _control_flow_values(model.graph)]
     # Shapes are a help for matching, never a requirement: a model inference cannot handle is fine.
+    changed = False
     with contextlib.suppress(Exception):
-        common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        changed = common.ShapeInferencePass(check_type=check_type, strict_mode=False, data_prop=True)(model).modified
+    for v, shape, type_ in kept:
+        v.shape, v.type = shape, type_
+    return changed
+
+
+def has_subgraphs(node: ir.Node) -> bool:
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+
+
+def _control_flow_values(graph: ir.Graph) -> list[ir.Value]:
+    """Outputs of nodes with subgraphs (If, Loop, Scan) and all values inside those subgraphs."""
+    out: list[ir.Value] = []
+    for node in graph:
+        if not has_subgraphs(node):
+            continue
+        out.extend(node.outputs)
+        for a in node.attributes.values():
+            subs = [a.value] if a.type == ir.AttributeType.GRAPH else list(a.value) if a.type == ir.AttributeType.GRAPHS else []
+            for sub in subs:
+                out.extend(sub.inputs)
+                for inner in sub.all_nodes() if hasattr(sub, "all_nodes") else sub:
+                    out.extend(inner.outputs)
+    return out
