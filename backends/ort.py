@@ -34,7 +34,7 @@ def compact(proto: onnx.ModelProto) -> None:
     g = proto.graph
     _drop_clips_inside_q_range(g)
     _share_qdq_constants(g)
-    interface = {v.name for v in [*g.input, *g.output]}
+    interface = _fixed_names(g)
     readers = _reader_ops(g)
     renames: dict[str, str] = {}
     for k, t in enumerate(g.initializer):
@@ -53,6 +53,22 @@ def compact(proto: onnx.ModelProto) -> None:
         n.output[:] = [renames.get(o, o) for o in n.output]
         if n.op_type in QDQ:
             n.name = ""  # optional in ONNX; the compute nodes keep theirs for messages and profiles
+
+
+def _fixed_names(g: onnx.GraphProto) -> set[str]:
+    """Names compaction must keep: the graph's inputs and outputs, and every name read inside an
+    If/Loop/Scan body (a subgraph reads outer tensors by name, which the readers here do not see)."""
+    fixed = {v.name for v in [*g.input, *g.output]}
+    stack = [a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    stack += [sub for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for sub in a.graphs]
+    while stack:
+        sub = stack.pop()
+        for n in sub.node:
+            fixed.update(n.input)
+            stack += [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+            stack += [s for a in n.attribute if a.type == onnx.AttributeProto.GRAPHS for s in a.graphs]
+        fixed.update(v.name for v in sub.output)
+    return fixed
 
 
 def _readers(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -83,7 +99,7 @@ def _drop_clips_inside_q_range(g: onnx.GraphProto) -> None:
     clipped tensor, which keeps per-layer SQNR figures comparing like with like."""
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer if t.ByteSize() < 64}
     readers = _readers(g)
-    outputs = {v.name for v in g.output}
+    outputs = _fixed_names(g)
     drop: dict[str, str] = {}  # Clip output -> Clip input
     for n in g.node:
         if n.op_type not in ("Clip", "Relu") or n.domain not in ("", "ai.onnx") or n.output[0] in outputs:
@@ -117,7 +133,7 @@ def _drop_clips_inside_q_range(g: onnx.GraphProto) -> None:
     del g.node[:]
     g.node.extend(keep)
     used = {i for n in g.node for i in n.input}
-    listed = outputs | {v.name for v in g.input}  # an initializer that is also a graph input stays
+    listed = outputs  # an initializer that is also a graph input (or read by a subgraph) stays
     kept_inits = [t for t in g.initializer if t.name in used or t.name in listed]
     del g.initializer[:]
     g.initializer.extend(kept_inits)
@@ -127,7 +143,7 @@ def _share_qdq_constants(g: onnx.GraphProto) -> None:
     """One copy of each distinct constant a Q/DQ reads, and one DequantizeLinear per distinct constant input
     triple (the quantized HardSigmoid shifts and factors repeat dozens of times). ONNX Runtime gives each
     consumer its own DQ again at load (EnsureUniqueDQForNodeUnit), so its fusions are unchanged."""
-    interface = {v.name for v in [*g.input, *g.output]}
+    interface = _fixed_names(g)
     readers = _reader_ops(g)
     first: dict[tuple, str] = {}
     alias: dict[str, str] = {}
