@@ -75,6 +75,11 @@ def only_consumer(value: ir.Value) -> ir.Node | None:
     users = consumers(value)
     if len(users) != 1 or value.is_graph_output():
         return None
+    # A reader inside an If/Loop/Scan body is out of reach: fusing it would pull a node out of its body.
+    producer = value.producer()
+    home = producer.graph if producer is not None else value.graph
+    if users[0].graph is not home:
+        return None
     return users[0]
 
 

@@ -209,3 +209,46 @@ def test_python_dash_m_edgec(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "edgec", "compile", str(path), "-t", "cpu-fp64"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown target" in bad.stderr
+
+
+def test_readers_inside_subgraphs_are_left_alone(tmp_path: Path) -> None:
+    """A Conv whose only reader is a Relu / BatchNormalization inside an If body, an Identity whose output a
+    Loop body reads: fusions must not pull body nodes out, nor lose the names bodies capture."""
+    w = nh.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
+    bn = [nh.from_array(a.astype(np.float32), n) for a, n in zip(
+        (RNG.uniform(0.5, 1.5, 4), RNG.standard_normal(4), RNG.standard_normal(4), RNG.uniform(0.5, 2, 4)), "sbmv")]
+    spec = [1, 4, 8, 8]
+    then = h.make_graph([h.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["t"], name="bn_in_then"),
+                         h.make_node("Relu", ["t"], ["t2"])], "then", [], [h.make_tensor_value_info("t2", T.FLOAT, spec)])
+    other = h.make_graph([h.make_node("Relu", ["c"], ["e"], name="relu_in_else")], "else", [],
+                         [h.make_tensor_value_info("e", T.FLOAT, spec)])
+    body = h.make_graph([h.make_node("Identity", ["cond_in"], ["cond_out"]), h.make_node("Add", ["acc", "ci"], ["acc2"])],
+                        "body", [h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
+                                 h.make_tensor_value_info("acc", T.FLOAT, spec)],
+                        [h.make_tensor_value_info("cond_out", T.BOOL, []), h.make_tensor_value_info("acc2", T.FLOAT, spec)])
+    nodes = [h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             h.make_node("Conv", ["x", "W"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             h.make_node("Identity", ["c2"], ["ci"], name="ident"),
+             h.make_node("ReduceSum", ["x"], ["sx"], keepdims=0), h.make_node("Greater", ["sx", "zero"], ["g"]),
+             h.make_node("If", ["g"], ["y"], then_branch=then, else_branch=other, name="If_0"),
+             h.make_node("Loop", ["three", "", "y"], ["z"], body=body, name="loop")]
+    graph = h.make_graph(nodes, "cf", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("z", T.FLOAT, spec)],
+                         [w, *bn, nh.from_array(np.array(0, np.float32), "zero"), nh.from_array(np.array(3, np.int64), "three")])
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "cf.onnx"
+    onnx.save(proto, str(path))
+    feeds = [{"x": (RNG.standard_normal((1, 3, 8, 8)) + sign).astype(np.float32)} for sign in (1, -1, 1, -1)]
+    for target in ("cpu-fp32", "cpu-int8"):
+        res = edgec.compile(path, target=target, calib=feeds, samples=feeds, out_dir=tmp_path / target)
+        out = onnx.load(str(tmp_path / target / "model.onnx"))
+        if_node = next(n for n in out.graph.node if n.op_type == "If")
+        assert [n.op_type for a in if_node.attribute for n in a.g.node] in (
+            ["BatchNormalization", "Relu", "Relu"], ["Relu", "BatchNormalization", "Relu"])
+        limit = 1e-4 if target == "cpu-fp32" else 0.1
+        for feed in feeds[:2]:  # both branches
+            ref, got = _ort(proto, feed)[0], _ort(out, feed)[0]
+            assert np.abs(ref - got).max() <= limit * np.abs(ref).max()
+    assert res.records[-1].details.get("float_in_subgraphs") == 5
