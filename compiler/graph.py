@@ -231,7 +231,14 @@ def infer_shapes(model: ir.Model, *, check_type: bool = False) -> bool:
     """
     from onnx_ir.passes import common
 
-    kept = [(v, v.shape, v.type) for v in _control_flow_values(model.graph)]
+    if _has_non_tensor_values(model.graph):
+        # onnx_ir merges an inferred seq(tensor(float)) as a float *tensor* type, which ORT then refuses
+        # ("Type (tensor(float)) of output arg (seq_1) does not match expected type"): models that
+        # build sequences or optionals keep every value as it was.
+        values = [*model.graph.inputs, *(o for n in model.graph.all_nodes() for o in n.outputs)]
+    else:
+        values = _control_flow_values(model.graph)
+    kept = [(v, v.shape, v.type) for v in values]
     # Shapes are a help for matching, never a requirement: a model inference cannot handle is fine.
     changed = False
     with contextlib.suppress(Exception):
@@ -239,6 +246,13 @@ def infer_shapes(model: ir.Model, *, check_type: bool = False) -> bool:
     for v, shape, type_ in kept:
         v.shape, v.type = shape, type_
     return changed
+
+
+def _has_non_tensor_values(graph: ir.Graph) -> bool:
+    if any(v.type is not None and not isinstance(v.type, ir.TensorType) for v in [*graph.inputs, *graph.outputs]):
+        return True
+    return any(n.op_type.startswith(("Sequence", "Optional")) or n.op_type == "SplitToSequence"
+               for n in graph.all_nodes())
 
 
 def has_subgraphs(node: ir.Node) -> bool:
