@@ -119,13 +119,13 @@ def run(sess: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
 def time_session(sess: ort.InferenceSession, feed: Feed, *, runs: int = 30, warmup: int = 5) -> dict[str, float]:
     """Median and spread of wall time per run in milliseconds."""
     names = [o.name for o in sess.get_outputs()]
-    feed = input_feed(sess, feed)
+    fed = input_feed(sess, feed)
     for _ in range(warmup):
-        sess.run(names, feed)
+        sess.run(names, fed)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(names, feed)
+        sess.run(names, fed)
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],

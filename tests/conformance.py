@@ -17,6 +17,7 @@ compiled model's outputs are compared with the case's expected ones (rtol 1e-3, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import importlib
@@ -73,10 +74,8 @@ def _read_pb(path: str) -> Any:
     raw = Path(path).read_bytes()
     for cls in (onnx.TensorProto, onnx.SequenceProto, onnx.OptionalProto):
         msg = cls()
-        try:
+        with contextlib.suppress(Exception):  # a wrong message type: the checks below fail, try the next
             msg.ParseFromString(raw)
-        except Exception:  # noqa: BLE001 - wrong message type: try the next
-            continue
         if cls is onnx.TensorProto and (msg.dims or msg.data_type):
             return onnx.numpy_helper.to_array(msg)
         if cls is onnx.SequenceProto and msg.elem_type:

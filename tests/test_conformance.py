@@ -15,9 +15,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import conformance as C
+import pytest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
 SECTION = "## ONNX backend cases edgec refuses"
@@ -26,7 +25,7 @@ SECTION = "## ONNX backend cases edgec refuses"
 def documented_refusals() -> dict[str, str]:
     text = DOC.read_text()
     assert SECTION in text, f"docs/errors.md lacks the section '{SECTION}'"
-    rows = re.findall(r"^\| (test_[^ |]+) \| (.+?) \|$", text.partition(SECTION)[2], flags=re.M)
+    rows = re.findall(r"^\| (test_[^ |]+) \| (.+?) \|$", text.partition(SECTION)[2], flags=re.MULTILINE)
     return dict(rows)
 
 
