@@ -204,6 +204,11 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         raise EdgecError(f"{path}: ONNX Runtime cannot load the compiled model: {str(exc).splitlines()[0][:300]}",
                          hint="a bug in edgec: please report it with the model") from None
     if ctx.samples:
+        bits = ctx.options.get("weight_bits") or ctx.scheme.get("weight_bits")
+        if ctx.scheme.get("precision") == "int8" and str(bits) == "8" and not runtime.host_int8_dot():
+            ctx.warn("8-bit weights for a VNNI/AMX/ARM deployment: this host has no VNNI, so ONNX Runtime's int8 "
+                     "kernels here saturate them: the artifact's drift and latency measured on this host are worse than "
+                     "the deployment's (the per-pass drift uses reference numerics)")
         outputs = runtime.run(sess, ctx.samples)
         if "reference_outputs" in ctx.cache:
             art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()

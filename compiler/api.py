@@ -116,6 +116,9 @@ def compile(
         warnings.append(data.RANDOM_WARNING)
     feeds, desc = sample_feeds(loaded, calib_src, samples, num_samples, preprocess, warnings)
     ctx = PassContext(samples=feeds, calib=calib_src, scheme=tgt.scheme, options=options, target=tgt)
+    backend = get_backend(tgt.backend)
+    if hasattr(backend, "layer_timer"):  # the target runtime times small models itself (not ORT)
+        ctx.layer_timer, ctx.layer_runtime = backend.layer_timer, backend.LAYER_RUNTIME
     ctx.warnings.extend(warnings)
     mgr = Manager(ctx, keep_going=keep_going, dump_dir=dump_dir, on_step=on_step)
     mgr.start(loaded)

@@ -156,6 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--keep-bn", action="store_true", help="keep BatchNormalization nodes (no constant folding)")
     e.add_argument("-q", "--quiet", action="store_true")
     e.add_argument("-v", "--verbose", action="store_true")
+
+    b = sub.add_parser("build", help="compile a manifest of models x targets, incrementally (README: Fleet builds)")
+    b.add_argument("manifest", help="a TOML manifest, e.g. edgec.toml")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1: serial)")
+    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the pairs as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
+    b.add_argument("--force", action="store_true", help="rebuild every pair, changed or not")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
@@ -431,6 +440,31 @@ def cmd_prune_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgec import build
+
+    manifest = build.load_manifest(args.manifest)
+    console = _console(args)
+    on_row = None
+    if console is not None:
+        def on_row(row: dict[str, Any]) -> None:
+            err = f"  {row['error']}" if row.get("error") else ""
+            console.print(f"{row['status']:>7}  {row['model']}/{row['target']}{err}", markup=False, highlight=False)
+    rows = build.build(manifest, jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None,
+                       force=args.force, on_row=on_row)
+    if console is not None:
+        from rich.table import Table
+
+        table = Table("model", "target", "status", "bytes", "latency ms", "SQNR dB", "build s", "error")
+        for cells in build.iter_rows(rows):
+            table.add_row(*cells)
+        console.print(table)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("built", "cached", "failed")}
+        console.print(f"{counts['built']} built, {counts['cached']} unchanged, {counts['failed']} failed; "
+                      f"index: {manifest.out / 'index.html'}")
+    return build.exit_code(rows)
+
+
 def _console(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return None
@@ -444,7 +478,7 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,10 @@ class PassContext:
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     progress: Callable[[str, int], Any] | None = None
+    # The target runtime's timer for small models (serialized ONNX, one feed) -> median ms each, taken in
+    # turn; None means ONNX Runtime. Set by the driver from the target's backend (a pass never imports one).
+    layer_timer: Callable[[Sequence[bytes], Feed], list[float]] | None = None
+    layer_runtime: str = "ONNX Runtime"
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:

@@ -147,3 +147,19 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def host_int8_dot() -> bool:
+    """Whether THIS host's ONNX Runtime int8 kernels accumulate u8*s8 products in int32 (x86 with VNNI or
+    AMX, and ARM). Used only to say that a figure measured here is not the deployment's; never to shape an
+    artifact (the weight width is the target's: the same inputs give the same bytes on any machine)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))

@@ -102,7 +102,7 @@ class SeparateDepthwise(Pass):
         for layer in layers:
             d, fit = self._decide(layer, settings, total)
             if fit is not None and settings["latency"]:
-                d, fit = _check_latency(layer, d, fit)
+                d, fit = _check_latency(layer, d, fit, ctx)
             decisions[position[id(layer.node)]] = d
             if fit is not None:
                 if settings["rank"] and d["sqnr_db"] < settings["max_error"]:
@@ -202,15 +202,17 @@ class SeparateDepthwise(Pass):
                 "reason": (f"fixed rank {r}: " if fixed else f"smallest rank meeting {floor:g} dB: ") + mac_note}, fit
 
 
-def _check_latency(layer: Layer, d: dict[str, Any], fit: Fit) -> tuple[dict[str, Any], Fit | None]:
-    """Latency mode: time the conv and the pair at the layer's real shape; keep the conv unless the pair wins."""
+def _check_latency(layer: Layer, d: dict[str, Any], fit: Fit, ctx: PassContext) -> tuple[dict[str, Any], Fit | None]:
+    """Latency mode: time the conv and the pair at the layer's real shape in the target's runtime (LiteRT for
+    tflite targets, ONNX Runtime otherwise); keep the conv unless the pair wins."""
     if not layer.extra.get("input_shape"):
         return {**d, "latency": None, "reason": d["reason"] + "; latency not measured (no calibration data)"}, fit
-    timing = time_pair(layer, fit.dw, fit.pw)
+    rt = ctx.layer_runtime
+    timing = {**time_pair(layer, fit.dw, fit.pw, timer=ctx.layer_timer), "runtime": rt}
     d = {**d, "latency": timing}
     if timing["ratio"] < 1.0:
-        return {**d, "reason": d["reason"] + f"; ORT: pair x{timing['ratio']:.2f} of the conv's time"}, fit
+        return {**d, "reason": d["reason"] + f"; {rt}: pair x{timing['ratio']:.2f} of the conv's time"}, fit
     return {**d, "decision": "kept", "macs_after": None,
-            "reason": (f"rank {d['rank']} meets the floor but ORT runs the pair x{timing['ratio']:.2f} slower "
+            "reason": (f"rank {d['rank']} meets the floor but {rt} runs the pair x{timing['ratio']:.2f} slower "
                        f"({timing['pair_ms']:.3f} vs {timing['conv_ms']:.3f} ms) at input "
                        f"{layer.extra['input_shape']}")}, None

@@ -10,7 +10,7 @@ alike), medians of the per-run times.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,10 @@ def interleaved_ms(sessions: Sequence[ort.InferenceSession], feed: dict[str, np.
     return [float(np.median(t)) for t in times]
 
 
-def time_pair(layer: Layer, dw: np.ndarray, pw: np.ndarray, runs: int = 40, threads: int = 2) -> dict[str, Any]:
-    """ORT latency of the layer's conv vs the replacing pair at its real input shape: ms and pair/conv ratios."""
+def time_pair(layer: Layer, dw: np.ndarray, pw: np.ndarray, runs: int = 40, threads: int = 2,
+              timer: Callable[[Sequence[bytes], dict[str, np.ndarray]], list[float]] | None = None) -> dict[str, Any]:
+    """Latency of the layer's conv vs the replacing pair at its real input shape, in ``timer`` (the target
+    runtime's; ONNX Runtime when None): ms and pair/conv ratios."""
     shape = layer.extra.get("input_shape")
     if not shape:
         raise ValueError(f"{layer.node.name}: input shape unknown")
@@ -55,11 +57,15 @@ def time_pair(layer: Layer, dw: np.ndarray, pw: np.ndarray, runs: int = 40, thre
     pair = _model([helper.make_node("Conv", ["x", "dw"], ["z"], group=layer.cin, **geometry),
                    helper.make_node("Conv", ["z", "pw", "b"], ["y"], kernel_shape=[1, 1])],
                   {"dw": dw, "pw": pw, "b": bias}, shape)
-    sessions = [runtime.session(m, threads=threads, optimization="all", spinning=False) for m in (conv, pair)]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)  # timing only: values do not matter
+    if timer is None:
+        sessions = [runtime.session(m, threads=threads, optimization="all", spinning=False) for m in (conv, pair)]
+
+        def timer(models: Sequence[bytes], feed: dict[str, np.ndarray]) -> list[float]:
+            return interleaved_ms(sessions, feed, runs=runs)
     # Measured twice: on a shared machine one measurement of the same layer swung from x0.7 to x4.4, so the
     # pair counts as faster only when both agree (``ratio`` is the less favourable of the two).
-    first, second = (interleaved_ms(sessions, {"x": x}, runs=runs) for _ in range(2))
+    first, second = (timer([conv, pair], {"x": x}) for _ in range(2))
     ratios = [first[1] / first[0], second[1] / second[0]]
     return {"conv_ms": float(np.median([first[0], second[0]])), "pair_ms": float(np.median([first[1], second[1]])),
             "ratio": max(ratios), "ratios": ratios}

@@ -302,6 +302,22 @@ def test_latency_mode_records_the_ort_timing_and_follows_it(photo_images):
     assert rec.details["settings"]["latency"] is True
 
 
+def test_latency_mode_times_in_the_target_runtime(photo_images):
+    """A tflite target times the conv and its pair in LiteRT (XNNPACK), not ORT: the record names the
+    runtime, and the decision follows LiteRT's ratio (#23)."""
+    import edgec
+
+    feeds = photo_feeds(photo_images[:2], cin=64, hw=40)
+    model = conv_graph(cin=64, cout=64, hw=40, weight=low_rank_weight(64, 64, 1))
+    res = edgec.compile(model, target="tflite-fp32", passes="depthwise:rank=1:latency=true", calib=feeds,
+                        samples=feeds[:1], options={"bench_runs": 0})
+    (layer,) = next(r for r in res.records if r.name == "depthwise").details["layers"]
+    t = layer["latency"]
+    assert t["runtime"] == "LiteRT (XNNPACK)" and t["conv_ms"] > 0 and t["pair_ms"] > 0
+    assert layer["decision"] == ("replaced" if t["ratio"] < 1.0 else "kept"), layer
+    assert "LiteRT" in layer["reason"]
+
+
 def test_exact_full_rank_on_detector_head(detector, detector_feeds):
     calib, evaluation = detector_feeds
     model = model_io.load(detector)

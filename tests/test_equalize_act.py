@@ -79,4 +79,6 @@ def test_ppocr_rec_int8_gains(zoo, zoo_path, line_images, tmp_path):
                             samples=evals[:2], shapes=shape, out_dir=tmp_path / str(len(extra)))
         got = runtime.run(runtime.session(res.model, optimization="basic"), evals)
         scores[len(extra)] = sqnr_db(a, np.concatenate([next(iter(g.values())).ravel() for g in got]))
+    # cpu-int8 pins 7-bit weights (its scheme), so this holds on any host. With 8-bit weights the gain is
+    # gone (measured on an AVX-512 VNNI host: 8.28 dB with equalize-act vs 8.32 without).
     assert scores[1] > scores[0] + 1.5, scores

@@ -23,6 +23,8 @@ from edgec.records import Artifacts, Drift
 
 from . import layout
 from .converter import Converter
+from .timing import RUNTIME as LAYER_RUNTIME  # noqa: F401 - the tflite targets' layer timer (api)
+from .timing import layer_timer  # noqa: F401
 from .writer import Builder, write_atomic
 
 __all__ = ["LiteRTModel", "convert", "drift", "emit", "static_copy"]
