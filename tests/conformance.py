@@ -53,12 +53,13 @@ def _node_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
 
 
-def node_cases(every: int = 1) -> Iterator[Case]:
-    """Node cases of every ``every``-th op module (sorted by name: a deterministic spread over ops)."""
+def node_cases(every: int = 1, modules: list[str] | None = None) -> Iterator[Case]:
+    """Node cases of every ``every``-th op module (sorted by name: a deterministic spread over ops), or of
+    the named ``modules``."""
     import onnx.backend.test.case.node as pkg
 
     # np.random.seed is set by onnx before each export; warnings from its reference code are noise here.
-    for mod in _node_modules()[::every]:
+    for mod in modules or _node_modules()[::every]:
         before = len(pkg._NodeTestCases)
         full = f"{pkg.__name__}.{mod}"
         with np.errstate(all="ignore"):

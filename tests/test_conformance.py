@@ -56,6 +56,23 @@ def test_conformance_spread(tmp_path: Path) -> None:
     _check(_run(cases, tmp_path), everything=False)
 
 
+# Cases edgec refused or broke before (fold inlining AffineGrid's If, lift-constants on an IR-3 model,
+# MeanVarianceNormalization failing onnx's own check, sequences typed as tensors, If/Loop bodies).
+REGRESSIONS = {"test_affine_grid_2d_expanded", "test_mvn", "test_if_opt", "test_loop16_seq_none",
+               "test_sequence_map_add_2_sequences_expanded", "test_sequence_model2", "test_equal_string",
+               "test_greater_equal_uint64", "test_bitwise_or_ui64_bcast_3v1d", "test_Conv2d_groups",
+               "test_Conv2d_depthwise_padded"}
+
+
+def test_conformance_regressions(tmp_path: Path) -> None:
+    mods = ["affinegrid", "meanvariancenormalization", "if_", "loop", "sequence_map", "equal", "greater_or_equal",
+            "bitwiseor"]
+    cases = [c for c in [*C.node_cases(modules=mods), *C.folder_cases()] if c.name in REGRESSIONS]
+    assert {c.name for c in cases} == REGRESSIONS
+    results = _run(cases, tmp_path)
+    assert {k: v for k, v in results.items() if v[0] != "ok"} == {}
+
+
 @pytest.mark.slow
 def test_conformance_all(tmp_path: Path) -> None:
     cases = list(C.node_cases()) + list(C.folder_cases())
