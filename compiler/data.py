@@ -1,9 +1,10 @@
 """Sample and calibration inputs: where feeds come from, loaded lazily so memory does not grow with N.
 
 Sources: an .npz (one array per input name; a leading sample axis is allowed, and when the input's
-first dim is 1 or dynamic an array of the input's rank is read as a stack of samples along that axis), an .npy (single-input
-model), a folder of images (edgec.images decodes and preprocesses them), ``module:function`` returning
-an iterable of feeds, or ``random`` (only on request, and it says so loudly in the report).
+first dim is 1 or dynamic an array of the input's rank is read as a stack of samples along that axis),
+an .npy (single-input model), a folder of images (edgec.images decodes and preprocesses them),
+``module:function`` returning an iterable of feeds, or ``random`` (only on request, and it says so
+loudly in the report). Arrays take the dtype of the input they feed (strings, uint64, bool ...).
 """
 
 from __future__ import annotations
