@@ -3,8 +3,9 @@
 Users take our ONNX to a Jetson and build there, so what we write must be right without TensorRT here:
 
   model.onnx            the compiled model (explicit quantization for jetson-int8: Q/DQ placed as TensorRT fuses)
-  build_engine.sh       trtexec with the right flags (--int8/--fp16, profile shapes, --saveEngine,
-                        --timingCacheFile; MODE=implicit uses model_implicit.onnx with --calib)
+  build_engine.sh       trtexec with the right flags for the target TensorRT (--trt-version): --int8/--fp16
+                        up to 10.x, none on 11.x (strongly typed); profile shapes, --saveEngine,
+                        --timingCacheFile; MODE=implicit uses model_implicit.onnx with --calib (up to 10.x)
   calibration.cache     (int8) TensorRT's EntropyCalibration2 text cache from our calibrated ranges, for
   model_implicit.onnx   users of implicit quantization: the same model with the Q/DQ removed
   lint                  edgec.backends.tensorrt_lint on the emitted model (figures["lint"]); an error is
@@ -18,7 +19,8 @@ Users take our ONNX to a Jetson and build there, so what we write must be right 
                         TensorRT Python API and timed. Otherwise the notes say
                         "engine not built: TensorRT not available" and no engine file exists.
 
-Options (ctx.options): ``trt_version`` ("8.6.2": JetPack 6.0; cache header and op table),
+Options (ctx.options): ``trt_version`` (default 10.3.0, JetPack 6.1/6.2; 8.6.2 for JetPack 6.0; 11.x builds
+strongly typed: no --int8/--fp16/--calib in the script, no calibration cache; cache header and op table),
 ``trt_profile`` ({input: (min, opt, max)} for dynamic inputs), ``build_engine`` (default True).
 """
 
@@ -35,17 +37,26 @@ import onnx_ir as ir
 
 from edgec import calib, metrics, model_io, runtime
 from edgec.backends import tensorrt_cache, tensorrt_lint
+from edgec.backends.tensorrt_engine import NOT_AVAILABLE, build_engine
 from edgec.graph import const_array
 from edgec.pass_infra import PassContext
 from edgec.records import Artifacts
 
-NOT_AVAILABLE = "engine not built: TensorRT not available"
+__all__ = ["NOT_AVAILABLE", "build_engine", "emit"]
 # trtexec flags this backend writes. Each was checked in trtexec's option parser and help text
 # (NVIDIA/TensorRT samples/common/sampleOptions.cpp at tags v8.6.1 and v10.3.0, the TensorRT releases of
-# JetPack 6). TensorRT 11 dropped --int8/--fp16 (strongly typed networks only).
+# JetPack 6). TensorRT 11 dropped --int8, --fp16 and --calib (strongly typed networks only: the
+# "Migrating trtexec Usage from TensorRT 10.x to 11.x" guide); TRTEXEC_FLAGS_11 is what a script for 11 uses.
 TRTEXEC_FLAGS = ("--onnx", "--saveEngine", "--int8", "--fp16", "--shapes", "--minShapes", "--optShapes",
                  "--maxShapes", "--timingCacheFile", "--calib")
+TRTEXEC_FLAGS_11 = tuple(f for f in TRTEXEC_FLAGS if f not in ("--int8", "--fp16", "--calib"))
 Profile = Mapping[str, Sequence[Sequence[int]]]
+
+
+def trt_major(version: str) -> int:
+    """The major number of a TensorRT version string ("10.3.0" -> 10); checked by tensorrt_cache."""
+    return tensorrt_cache.version_number(version) // (10000 if tensorrt_cache.version_number(version) >= 100000
+                                                       else 1000)
 
 
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
@@ -71,14 +82,24 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         # optimization="basic" evaluates Q/DQ as written (float fake-quant: what TensorRT's int8 kernels compute,
         # they accumulate exactly in int32). ORT's fused x86 s8s8 kernels ("all") drift far more (ResNet-18
         # style: 13 dB vs 36 dB SQNR): that is ORT's CPU arithmetic, not TensorRT's.
-        outputs = runtime.run(runtime.session(path, optimization="basic"), ctx.samples)
-        if "reference_outputs" in ctx.cache:
-            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], outputs).to_dict()
+        sess = runtime.session(path, optimization="basic")
+        held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
+        if held and reference is not None:  # the held-aside set the manager scored the input model on
+            from edgec.manager import run_batched
+
+            art.figures["drift"] = metrics.drift(reference, run_batched(sess, held),
+                                                 ctx.cache.get("eval_indices")).to_dict()
+        elif "reference_outputs" in ctx.cache:
+            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
     else:
         art.notes.append("no sample inputs: the ONNX Runtime numerics (TensorRT's int8 arithmetic) were not measured")
 
     calib_file = None
-    if int8:
+    major = trt_major(trt_version)
+    if int8 and major >= 11:
+        art.notes.append(f"TensorRT {trt_version}: no implicit quantization (no --int8/--calib in 11.x): "
+                         "model.onnx's Q/DQ is the only int8 path, so no calibration.cache is written")
+    if int8 and major < 11:
         scales = calibration_scales(model, ranges)
         if scales:
             art.files["implicit_model"] = model_io.save(plain, out_dir / "model_implicit.onnx")
@@ -86,19 +107,34 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
             art.files["calibration_cache"] = calib_file
             art.figures["calibration_tensors"] = len(scales)
     script = write_build_script(out_dir / "build_engine.sh", model, precision="int8" if int8 else precision,
-                                profile=profile, implicit=calib_file is not None)
+                                profile=profile, implicit=calib_file is not None, trt_version=trt_version)
     art.files["script"] = script
+    if precision == "fp16" and major >= 11:
+        art.notes.append(f"TensorRT {trt_version} is strongly typed (no --fp16): the engine runs model.onnx's fp32 "
+                         "types; convert it with ModelOpt AutoCast first for fp16 (see build_engine.sh)")
 
     if opts.get("build_engine", True):
+        # The timing cache an earlier run left is in the FINAL folder (out_dir is the staging folder the api
+        # moves into it); the updated cache is written to the stage and moved in with the rest.
+        final = Path(ctx.cache.get("final_out_dir") or out_dir)
         result = build_engine(path, out_dir / "model.engine", int8=int8, fp16=True, profile=profile,
-                              timing_cache=out_dir / "timing.cache", feed=ctx.samples[0] if ctx.samples else None)
+                              timing_cache=final / "timing.cache", timing_cache_out=out_dir / "timing.cache",
+                              feed=ctx.samples[0] if ctx.samples else None)
     else:
         result = {"built": False, "reason": "engine not built: disabled (build_engine=False)"}
     art.figures["engine"] = result
     if result.get("built"):
         art.files["engine"] = Path(result["path"])
+        art.files["timing_cache"] = out_dir / "timing.cache"
+        art.notes.extend(result.get("notes", []))
     else:
-        art.notes.append(str(result["reason"]))
+        # A TensorRT that is present but refused ("failed") is an error the CLI exits non-zero on (api.compile
+        # raises EngineBuildFailed after writing everything else); an absent TensorRT is only a note.
+        if result.get("failed"):
+            art.notes.insert(0, str(result["reason"]))
+            ctx.warn(str(result["reason"]))
+        else:
+            art.notes.append(str(result["reason"]))
     return art
 
 
@@ -225,13 +261,18 @@ def strip_qdq(model: ir.Model) -> ir.Model:
 
 # ------------------------------------------------------------------------------------------------ trtexec script
 def trtexec_args(model: ir.Model, *, onnx_name: str, precision: str, profile: Profile,
-                 engine_name: str = "model.engine", calib_name: str | None = None) -> list[str]:
-    """trtexec's arguments for this model (flags from TRTEXEC_FLAGS only).
+                 engine_name: str = "model.engine", calib_name: str | None = None,
+                 strongly_typed: bool = False) -> list[str]:
+    """trtexec's arguments for this model (flags from TRTEXEC_FLAGS only; TRTEXEC_FLAGS_11 when
+    ``strongly_typed``, TensorRT 11: no precision flags, no calibration cache).
 
     --shapes is given only for dynamic inputs: trtexec refuses explicit shapes on a static model
     ("Static model does not take explicit shapes", sampleEngines.cpp)."""
     args = [f"--onnx={onnx_name}", f"--saveEngine={engine_name}"]
-    if precision == "int8":
+    if strongly_typed:
+        if calib_name:
+            raise ValueError("TensorRT 11 has no implicit quantization (--calib)")
+    elif precision == "int8":
         args += ["--int8", "--fp16"]  # fp16 fallback for the layers left in float
     elif precision == "fp16":
         args.append("--fp16")
@@ -284,13 +325,24 @@ def dynamic_inputs(model: ir.Model) -> list[str]:
 
 
 def write_build_script(path: Path, model: ir.Model, *, precision: str, profile: Profile,
-                       implicit: bool = False) -> Path:
-    explicit = trtexec_args(model, onnx_name="model.onnx", precision=precision, profile=profile)
+                       implicit: bool = False, trt_version: str = tensorrt_cache.DEFAULT_TRT_VERSION) -> Path:
+    major = trt_major(trt_version)
+    typed = major >= 11  # strongly typed only: no --int8/--fp16/--calib, precision is in the graph
+    explicit = trtexec_args(model, onnx_name="$ONNX" if typed else "model.onnx", precision=precision,
+                            profile=profile, strongly_typed=typed)
+    if typed:
+        flags_note = [f"# Flags as in trtexec of TensorRT {major}.x: strongly typed networks only (no --int8,",
+                      "# --fp16 or --calib). int8 comes from model.onnx's Q/DQ; other layers run in the graph's",
+                      "# types (fp32). For fp16 convert first with ModelOpt AutoCast, e.g.",
+                      "#   python3 -m modelopt.onnx.autocast --onnx_path model.onnx --output_path model_fp16.onnx",
+                      "# and run ONNX=model_fp16.onnx ./build_engine.sh"]
+    else:
+        flags_note = [f"# Flags as in trtexec of TensorRT 8.6 and 10.x (JetPack 6); written for {trt_version}."]
     lines = [
         "#!/bin/sh",
-        f"# Build the TensorRT engine for this model (written by edgec; precision {precision}).",
-        "# Flags as in trtexec of TensorRT 8.6 and 10.x (JetPack 6). On a Jetson trtexec is usually",
-        "# /usr/src/tensorrt/bin/trtexec: set TRTEXEC to point at it.",
+        f"# Build the TensorRT engine for this model (edgec; precision {precision}, TensorRT {trt_version}).",
+        *flags_note,
+        "# On a Jetson trtexec is usually /usr/src/tensorrt/bin/trtexec: set TRTEXEC to point at it.",
         "set -e",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-trtexec}"',
@@ -298,7 +350,9 @@ def write_build_script(path: Path, model: ir.Model, *, precision: str, profile: 
         "  TRTEXEC=/usr/src/tensorrt/bin/trtexec",
         "fi",
     ]
-    if implicit:
+    if typed:
+        lines.append('ONNX="${ONNX:-model.onnx}"')
+    if implicit and not typed:
         implicit_args = trtexec_args(model, onnx_name="model_implicit.onnx", precision="int8", profile=profile,
                                      calib_name="calibration.cache")
         lines += [
@@ -308,105 +362,9 @@ def write_build_script(path: Path, model: ir.Model, *, precision: str, profile: 
             '  exec "$TRTEXEC" ' + " ".join(shlex.quote(a) for a in implicit_args) + ' "$@"',
             "fi",
         ]
-    lines.append('exec "$TRTEXEC" ' + " ".join(shlex.quote(a) for a in explicit) + ' "$@"')
+    quoted = [shlex.quote(a) if "$ONNX" not in a else f'"{a}"' for a in explicit]
+    lines.append('exec "$TRTEXEC" ' + " ".join(quoted) + ' "$@"')
     with model_io.atomic_path(path) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
     return path
-
-
-# ------------------------------------------------------------------------------------------------ engine
-def build_engine(onnx_path: Path, engine_path: Path, *, int8: bool, fp16: bool = True, profile: Profile | None = None,
-                 timing_cache: Path | None = None, feed: Mapping[str, np.ndarray] | None = None,
-                 runs: int = 50) -> dict[str, Any]:
-    """Build (and time) a TensorRT engine with the Python API: explicit-quantization network (the Q/DQ
-    decide int8), fp16 fallback for float layers, a timing cache on disk. Returns {"built": False,
-    "reason": ...} when TensorRT or a CUDA device is missing; never writes an engine it did not build."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return {"built": False, "reason": NOT_AVAILABLE}
-    logger = trt.Logger(trt.Logger.WARNING)
-    try:
-        builder = trt.Builder(logger)
-    except Exception as exc:  # noqa: BLE001 - TensorRT raises when no CUDA device can be initialised
-        return {"built": False, "reason": f"{NOT_AVAILABLE} (no CUDA device: {str(exc)[:200]})"}
-    if builder is None:
-        return {"built": False, "reason": f"{NOT_AVAILABLE} (no CUDA device)"}
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)  # implied from TensorRT 10 on
-    network = builder.create_network(1 << int(flag) if flag is not None else 0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        return {"built": False, "reason": f"engine not built: TensorRT's ONNX parser failed: {errors[:500]}"}
-    config = builder.create_builder_config()
-    if int8:
-        config.set_flag(trt.BuilderFlag.INT8)
-    if fp16 and builder.platform_has_fast_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    dynamic = [network.get_input(i) for i in range(network.num_inputs)
-               if any(d < 0 for d in network.get_input(i).shape)]
-    if dynamic:
-        opt_profile = builder.create_optimization_profile()
-        for tensor in dynamic:
-            if not profile or tensor.name not in profile:
-                return {"built": False, "reason": f"engine not built: dynamic input '{tensor.name}' has no "
-                        "optimization profile (trt_profile option)"}
-            lo, opt, hi = (tuple(int(d) for d in s) for s in profile[tensor.name])
-            opt_profile.set_shape(tensor.name, lo, opt, hi)
-        config.add_optimization_profile(opt_profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.exists() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    t0 = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_s = time.perf_counter() - t0
-    if serialized is None:
-        return {"built": False, "reason": "engine not built: TensorRT's builder failed (see its log)"}
-    with model_io.atomic_path(engine_path) as tmp:
-        Path(tmp).write_bytes(bytes(serialized))
-    if timing_cache is not None:
-        with model_io.atomic_path(timing_cache) as tmp:
-            Path(tmp).write_bytes(bytes(config.get_timing_cache().serialize()))
-    result: dict[str, Any] = {"built": True, "path": str(engine_path), "build_seconds": round(build_s, 2),
-                              "tensorrt": trt.__version__, "bytes": engine_path.stat().st_size}
-    if feed is not None:
-        result["latency"] = _time_engine(trt, logger, bytes(serialized), feed, runs)
-    return result
-
-
-def _time_engine(trt: Any, logger: Any, plan: bytes, feed: Mapping[str, np.ndarray], runs: int) -> dict[str, Any]:
-    """Median GPU latency of the engine on one feed (CUDA buffers through torch, enqueueV3)."""
-    try:
-        import torch
-    except ImportError:
-        return {"skipped": "no torch with CUDA to allocate device buffers; time it with trtexec --loadEngine"}
-    if not torch.cuda.is_available():
-        return {"skipped": "torch has no CUDA; time it with trtexec --loadEngine=model.engine"}
-    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
-    context = engine.create_execution_context()
-    buffers = {}
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    for name in names:
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            arr = np.ascontiguousarray(feed[name])
-            context.set_input_shape(name, arr.shape)
-            buffers[name] = torch.from_numpy(arr).cuda()
-    for name in names:
-        if engine.get_tensor_mode(name) != trt.TensorIOMode.INPUT:
-            shape = tuple(context.get_tensor_shape(name))
-            dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-            buffers[name] = torch.empty(shape, dtype=dtype, device="cuda")
-    for name in names:
-        context.set_tensor_address(name, buffers[name].data_ptr())
-    stream = torch.cuda.Stream()
-    times = []
-    for i in range(runs + 10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        context.execute_async_v3(stream.cuda_stream)
-        end.record(stream)
-        end.synchronize()
-        if i >= 10:
-            times.append(start.elapsed_time(end))
-    return {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs}

@@ -27,8 +27,8 @@ from pathlib import Path
 from edgec import model_io
 from edgec.errors import EdgecError
 
-#: JetPack 6.0's TensorRT; JetPack 6.1/6.2 ship 10.3 (pass trt_version="10.3.0").
-DEFAULT_TRT_VERSION = "8.6.2"
+#: JetPack 6.1/6.2's TensorRT (the current JetPack); JetPack 6.0 ships 8.6.2 (pass trt_version="8.6.2").
+DEFAULT_TRT_VERSION = "10.3.0"
 CALIBRATOR = "EntropyCalibration2"
 _LINE = re.compile(r"^(?P<name>.+): (?P<hex>[0-9a-fA-F]{1,8})$")
 
@@ -39,9 +39,11 @@ def version_number(version: str) -> int:
     try:
         major, minor, patch = (int(p) for p in (parts + ["0", "0"])[:3])
     except ValueError:
-        raise EdgecError(f"TensorRT version {version!r}: expected MAJOR.MINOR[.PATCH], e.g. 8.6.2") from None
-    if not (0 <= minor <= 99 and 0 <= patch <= 99):
-        raise EdgecError(f"TensorRT version {version!r}: minor and patch must be below 100")
+        raise EdgecError(f"TensorRT version {version!r}: expected MAJOR.MINOR[.PATCH]",
+                         hint="e.g. --trt-version 10.3.0 (JetPack 6.1/6.2), 8.6.2 (JetPack 6.0) or 11.4.0") from None
+    if not (0 <= minor <= 99 and 0 <= patch <= 99) or major < 0:
+        raise EdgecError(f"TensorRT version {version!r}: minor and patch must be below 100",
+                         hint="e.g. --trt-version 10.3.0")
     return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
 
 

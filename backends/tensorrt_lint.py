@@ -133,9 +133,10 @@ def lint(model: ir.Model, target: Any = None, *, profile: Mapping[str, Sequence[
     """Every TensorRT rule on ``model``, errors first. ``target`` (a Target or its name) only decides
     whether a model without Q/DQ is worth a warning (int8 targets). ``profile`` maps a dynamic input to
     (min, opt, max) shapes; ``ranges`` (tensor -> (min, max)) enables the fp16-overflow check."""
-    from edgec.backends.tensorrt_cache import DEFAULT_TRT_VERSION
+    from edgec.backends.tensorrt_cache import DEFAULT_TRT_VERSION, version_number
 
-    major = int((trt_version or DEFAULT_TRT_VERSION).split(".")[0])
+    number = version_number(trt_version or DEFAULT_TRT_VERSION)  # EdgecError naming a malformed version
+    major = number // (10000 if number >= 100000 else 1000)
     ctx = _Graph(model)
     found: list[Finding] = []
     found += _check_ops(model, ctx, major)

@@ -9,7 +9,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EXIT_USER, EdgecError
+from edgec.errors import EXIT_INTERNAL, EXIT_USER, EdgecError
+from edgec.explore import add_parser as explore_parser
+from edgec.explore import run as cmd_explore
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def _add_trt(p: Any, compile_flags: bool = False) -> None:
     p.add_argument("--min-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: smallest shape")
     p.add_argument("--opt-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: tuned shape")
     p.add_argument("--max-shape", action="append", metavar="NAME=D,..", help="TensorRT profile: largest shape")
-    p.add_argument("--trt-version", help="TensorRT version the model is for (default 8.6.2, JetPack 6.0)")
+    p.add_argument("--trt-version", help="TensorRT version the model is for (default 10.3.0, JetPack 6.1/6.2; 11.x: strongly typed)")
     if compile_flags:
         p.add_argument("--no-engine", action="store_true", help="do not try to build a TensorRT engine")
 
@@ -46,9 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-t", "--target", help="target name (`edgec targets`); default cpu-fp32")
     c.add_argument("--target-file", help="a TOML file defining more targets")
     c.add_argument("-p", "--passes", help="comma-separated pass list overriding the target's, e.g. fold,fuse-bn,dce")
+    c.add_argument("--add", action="append", default=[], metavar="PASS[:ARGS]",
+                   help="insert a pass into the target's pipeline at its stage, e.g. --add depthwise (repeatable)")
     c.add_argument("--calib", help="calibration/sample data: image folder, .npz/.npy, module:function, or random")
-    c.add_argument("--samples", help="sample inputs for drift (default: taken from --calib)")
-    c.add_argument("--num-samples", type=int, default=8, help="how many sample inputs drift is measured on")
+    c.add_argument("--samples", "--eval", dest="samples",
+                   help="held-aside inputs drift is scored on (default: every 4th sample of --calib, which "
+                        "calibration then never sees)")
+    c.add_argument("--num-samples", type=int,
+                   help="score on at most this many held-aside samples (default: all, up to 256, within a "
+                        "5 s budget of float runs; the count is printed)")
     c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
     c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"],
                    help="activation range method for quantize")
@@ -67,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--metric", help="mixed precision metric: sqnr, top1 or module:function")
     q.add_argument("--max-drop", type=float, help="mixed precision: largest allowed top-1 drop (points)")
     q.add_argument("--min-sqnr", type=float, help="mixed precision: lowest allowed output SQNR (dB)")
+    q.add_argument("--budget-on", choices=["mean", "p10", "min"], default="p10",
+                   help="which held-aside SQNR --min-sqnr bounds: the aggregate over all samples (mean), the "
+                        "10th-percentile sample (p10, default: a collapsing tenth of the inputs fails it, one "
+                        "odd input does not) or the worst sample (min)")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -91,13 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     _add_common(i)
 
-    d = sub.add_parser("diff", help="structural and numeric difference between two models")
-    d.add_argument("a")
-    d.add_argument("b")
-    d.add_argument("--calib", help="sample inputs (image folder, .npz, module:function); default random")
-    d.add_argument("--num-samples", type=int, default=8)
+    d = sub.add_parser("diff", help="node-level and numeric difference between two models, or one pass of a compile")
+    d.add_argument("a", help="an .onnx file, or a compile's report.json (with --pass)")
+    d.add_argument("b", nargs="?", help="the second .onnx file")
+    d.add_argument("--pass", dest="pass_name", help="with a report.json: show this pass's node-level diff")
+    d.add_argument("--html", help="also write the before/after drawing page to this .html file")
+    d.add_argument("--samples", "--calib", dest="calib",
+                   help="inputs to compare on (image folder, .npz, module:function); default random")
+    d.add_argument("--num-samples", type=int, help="compare on at most this many of them (default all, up to 256)")
     d.add_argument("--json", action="store_true")
     _add_common(d)
+
+    explore_parser(sub)
 
     sub.add_parser("passes", help="list the registered passes")
     sub.add_parser("targets", help="list the targets")
@@ -186,6 +203,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     if profile:
         opts["trt_profile"] = profile
     if args.trt_version:
+        from edgec.backends.tensorrt_cache import version_number
+
+        version_number(args.trt_version)  # a malformed version fails now, not after the whole pipeline
         opts["trt_version"] = args.trt_version
     if args.no_engine:
         opts["build_engine"] = False
@@ -234,7 +254,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if not args.model:
             raise EdgecError("no model given", hint="edgec compile model.onnx -o out/  (or --example)")
         model, calib, out = args.model, args.calib, args.out
-    if args.num_samples < 1:
+    if args.num_samples is not None and args.num_samples < 1:
         raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
     opts = _options(args)
@@ -245,12 +265,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         status.start()
     try:
         result = edgec.compile(
-            model, target=args.target, passes=args.passes, calib=calib, samples=args.samples,
+            model, target=args.target, passes=args.passes, add=args.add, calib=calib, samples=args.samples,
             num_samples=args.num_samples, calib_limit=args.calib_limit, out_dir=out,
             shapes=parse_shapes(args.shape), target_file=args.target_file, keep_going=args.keep_going,
             dump_dir=args.dump_dir, options=opts, report=args.report,
             on_step=(lambda name: status.update(f"pass {name}")) if status is not None else None,
-            progress=status is not None)
+            progress=status is not None, min_sqnr=args.min_sqnr, budget_on=args.budget_on)
     finally:
         if status is not None:
             status.stop()
@@ -270,11 +290,21 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
         raise EdgecError("--max-drop/--min-sqnr search the target's pipeline; drop --passes")
     if calib is None:
         raise EdgecError("--max-drop/--min-sqnr need --calib (part of it is held aside for evaluation)")
+    import inspect
+
+    kwargs: dict[str, Any] = {}
+    if "budget_on" in inspect.signature(mixed_precision.run_search).parameters:
+        kwargs["budget_on"] = args.budget_on
+    elif console is not None and args.min_sqnr is not None and args.budget_on != "mean":
+        # A search without per-sample budgets bounds the aggregate; the compile below still checks the
+        # artifact's held-aside figure by --budget-on and warns when it misses.
+        console.print(f"note: the layer search bounds the aggregate SQNR; --budget-on {args.budget_on} is "
+                      "checked on the compiled artifact")
     res = mixed_precision.run_search(model, args.target or "cpu-int8", calib, max_drop=args.max_drop,
                                      min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
-                                     target_file=args.target_file)
+                                     target_file=args.target_file, **kwargs)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if console is not None:
         console.print(res.message)
@@ -320,25 +350,34 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     import edgec
+    from edgec import graphdiff, report_html
     from edgec.model_io import parse_shapes
 
+    if args.a.endswith(".json") or args.pass_name:
+        return graphdiff.show_report(args.a, args.b, args.pass_name, args.html, args.json, args.quiet)
+    if not args.b:
+        raise EdgecError("edgec diff: give two .onnx files, or a report.json with --pass NAME")
+    nodes = graphdiff.diff_files(args.a, args.b, shapes=parse_shapes(args.shape) or None)
+    if args.html:
+        graphdiff.write_page(args.html, report_html.diff_page(nodes, args.a, args.b))
     res = edgec.diff(args.a, args.b, calib=args.calib, num_samples=args.num_samples,
                      shapes=parse_shapes(args.shape) or None)
     if args.json:
-        print(json.dumps(res, indent=2, default=str))
+        print(json.dumps({**res, "nodes": nodes}, indent=2, default=str))
         return 0
     console = _console(args)
     if console is None:
         return 0
+    for line in graphdiff.format_text(nodes):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sa, sb = res["summary_a"], res["summary_b"]
     for key in ("nodes", "params", "macs", "bytes"):
         console.print(f"{key:>7}: {sa[key]:>14,} -> {sb[key]:>14,}  ({sb[key] - sa[key]:+,})")
     for op, (na, nb) in res["ops_changed"].items():
         console.print(f"  {op}: {na} -> {nb}")
-    d = res["drift"]
-    console.print(f"drift on {res['samples']}: max abs {d['max_abs']:.3e}  max rel {d['max_rel']:.3e}  "
-                  f"SQNR {d['sqnr_db']:.1f} dB  cosine {d['cosine']:.6f}"
-                  + (f"  top-1 {d['top1']:.4f}" if d["top1"] is not None else ""))
+    from edgec.report import drift_line
+
+    console.print(f"drift of b vs a{drift_line(res['drift'], held='')}  (inputs: {res['samples']})")
     for w in res["warnings"]:
         console.print(f"[bold yellow]warning:[/] {w}")
     return 0
@@ -358,11 +397,14 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    from edgec.targets import builtin
+    from edgec.targets import add_points, builtin
 
     for t in builtin().values():
         print(f"{t.name:<13} {t.backend:<9} {t.description}")
+        print(f"{'':<13} stages: {t.outline()}")
         print(f"{'':<13} passes: {','.join(t.passes)}")
+        for stage, names in add_points(t).items():
+            print(f"{'':<13} --add {'|'.join(names)}: after {stage}")
     return 0
 
 
@@ -403,11 +445,11 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     from edgec.model_io import parse_shapes
 
     opts = _quant_options(args)
+    if args.out and Path(args.out).suffix not in (".json", ".html"):
+        raise EdgecError(f"-o {args.out}: unknown report format", hint="use a .json or .html file name")
     rep = quant_report.quant_report(args.model, args.calib, target=args.target, calib_limit=args.calib_limit,
                                     options=opts, shapes=parse_shapes(args.shape) or None)
     if args.out:
-        if Path(args.out).suffix not in (".json", ".html"):
-            raise EdgecError(f"-o {args.out}: use a .json or .html file name")
         quant_report.write(rep, args.out)
     if not args.quiet:
         print(quant_report.format_table(rep, top=args.top))
@@ -478,7 +520,8 @@ def _console(args: argparse.Namespace):
 
 COMMANDS = {"compile": cmd_compile, "inspect": cmd_inspect, "diff": cmd_diff, "passes": cmd_passes,
             "targets": cmd_targets, "bench": cmd_bench, "export": cmd_export, "quant-report": cmd_quant_report,
-            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build}
+            "lint": cmd_lint, "prune-plan": cmd_prune_plan, "sensitivity": cmd_sensitivity, "build": cmd_build,
+            "explore": cmd_explore}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgecError as exc:
         if getattr(args, "verbose", False):
             traceback.print_exc()
-        print(f"edgec: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_USER)
+        code = getattr(exc, "exit_code", EXIT_USER)
+        # EXIT_INTERNAL: edgec's own fault (a pass crashed or broke the model, TensorRT refused what we wrote).
+        kind = "internal error" if code == EXIT_INTERNAL else "error"
+        print(f"edgec: {kind}: {exc}", file=sys.stderr)
+        return code
     except BrokenPipeError:
         # `edgec inspect x --json | head`: the reader left; nothing to report.
         sys.stderr.close()
@@ -504,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"edgec: internal error: {type(exc).__name__}: {first} (rerun with --verbose and report it)",
               file=sys.stderr)
-        return 1
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from edgec.graph import opset_version
 from edgec.model_io import PROTO_LIMIT, checkable_proto
-from edgec.records import Drift, Summary
+from edgec.records import COLLAPSE_DB, CONFIDENT, Drift, Summary
 
 Feed = dict[str, np.ndarray]
 
@@ -94,12 +94,21 @@ def count_macs(proto: onnx.ModelProto) -> int:
     return total
 
 
-def drift(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
-    """Worst-output drift of ``candidate`` against ``reference`` over all samples.
+def drift(reference: Sequence[Feed], candidate: Sequence[Feed], indices: Sequence[int] | None = None) -> Drift:
+    """Worst-output drift of ``candidate`` against ``reference`` over all samples, and its spread.
 
     max_rel is max|a-b| / max|a| over an output (elementwise relative error explodes near zero, so the
     scale is the output's own range). top-1 agreement is given for outputs shaped like logits [N, C].
+    The spread (per-sample SQNR min / p10 / median, inputs below 10 dB, top-1 flips) names samples by
+    ``indices`` (their positions in the user's data), 0, 1, 2 ... when not given.
     """
+    d = _pooled(reference, candidate)
+    if reference and len(reference) == len(candidate):
+        _spread(d, reference, candidate, list(indices) if indices is not None else list(range(len(reference))))
+    return d
+
+
+def _pooled(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
     names = list(reference[0]) if reference else []
     per: dict[str, dict[str, float | None]] = {}
     for name in names:
@@ -155,6 +164,45 @@ def _same(a: object, b: object) -> bool:
     return x.shape == y.shape and bool(np.array_equal(x.astype(str), y.astype(str)))
 
 
+def _spread(d: Drift, reference: Sequence[Feed], candidate: Sequence[Feed], indices: list[int]) -> None:
+    per = per_sample_sqnr(reference, candidate)
+    d.samples = len(per)
+    d.sample_indices = indices
+    d.per_sample_sqnr = [float(x) for x in per]
+    if per.size:
+        # "lower": an actual sample's figure, never an interpolation between two (or between inf and inf)
+        d.sqnr_min = float(per.min())
+        d.sqnr_p10 = float(np.percentile(per, 10, method="lower"))
+        d.sqnr_median = float(np.percentile(per, 50, method="lower"))
+        d.worst_sample = indices[int(per.argmin())]
+        d.below_10db = int(np.sum(per < COLLAPSE_DB))
+    for name in reference[0]:
+        if not _numeric(reference[0][name]):
+            continue
+        shape = tuple(np.shape(reference[0][name]))
+        if not looks_like_logits(shape) or any(name not in c or tuple(np.shape(c[name])) != shape for c in candidate):
+            continue
+        for k, (r, c) in enumerate(zip(reference, candidate)):
+            ra = np.asarray(r[name], dtype=np.float64).reshape(-1, shape[-1])
+            ca = np.asarray(c[name], dtype=np.float64).reshape(-1, shape[-1])
+            changed = ra.argmax(-1) != ca.argmax(-1)
+            if not changed.any():
+                continue
+            if indices[k] not in d.flips:
+                d.flips.append(indices[k])
+            sure = max(float(_probabilities(ra)[changed].max()), float(_probabilities(ca)[changed].max()))
+            if sure >= CONFIDENT and indices[k] not in d.confident_flips:
+                d.confident_flips.append(indices[k])
+
+
+def _probabilities(rows: np.ndarray) -> np.ndarray:
+    """Rows as class probabilities: as they are when they already are (a softmax head), else softmaxed."""
+    if rows.min() >= 0 and np.allclose(rows.sum(-1), 1.0, atol=1e-3):
+        return rows
+    e = np.exp(rows - rows.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def looks_like_logits(shape: tuple[int, ...]) -> bool:
     return len(shape) == 2 and 2 <= shape[1] <= 100_000 or (len(shape) == 3 and shape[1] == 1 and shape[2] >= 2)
 
@@ -175,6 +223,8 @@ def per_sample_sqnr(reference: Sequence[Feed], candidate: Sequence[Feed]) -> np.
 
 
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    if not _numeric(reference):  # strings, sequences: equal (inf) or not (-inf)
+        return math.inf if _same(reference, candidate) else -math.inf
     a = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((a - np.asarray(candidate, dtype=np.float64)) ** 2))
     signal = float(np.sum(a**2))

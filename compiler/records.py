@@ -22,6 +22,10 @@ class Summary:
         return dataclasses.asdict(self)
 
 
+COLLAPSE_DB = 10.0  # below this per-sample SQNR the noise is a third of the signal's amplitude
+CONFIDENT = 0.8  # a top-1 flip where either model gives its class this probability is a wrong answer
+
+
 @dataclasses.dataclass
 class Drift:
     """Numeric drift of a model's outputs against a reference on the same inputs (worst output)."""
@@ -33,6 +37,32 @@ class Drift:
     top1: float | None = None  # argmax agreement when the output looks like logits
     worst_output: str = ""
     per_output: dict[str, dict[str, float | None]] = dataclasses.field(default_factory=dict)
+    # The spread an aggregate hides, one figure per sample (its worst output). Sample numbers are the
+    # positions in the user's data (``indices``), so "sample 13" is the 14th array of their .npz.
+    samples: int = 0
+    sqnr_min: float | None = None
+    sqnr_p10: float | None = None
+    sqnr_median: float | None = None
+    worst_sample: int | None = None
+    below_10db: int = 0
+    flips: list[int] = dataclasses.field(default_factory=list)  # samples whose top-1 class changed
+    confident_flips: list[int] = dataclasses.field(default_factory=list)  # ... with either side >= 0.8 sure
+    per_sample_sqnr: list[float] = dataclasses.field(default_factory=list)
+    sample_indices: list[int] = dataclasses.field(default_factory=list)  # empty: 0, 1, 2 ...
+
+    def budget_figure(self, on: str) -> float:
+        """The SQNR a budget is checked against: the aggregate (``mean``), the 10th percentile (``p10``)
+        or the worst sample (``min``)."""
+        figure = {"mean": self.sqnr_db, "p10": self.sqnr_p10, "min": self.sqnr_min}[on]
+        return self.sqnr_db if figure is None else figure
+
+    def collapsed(self) -> list[int]:
+        """Samples on which the candidate is no longer the model: SQNR < 10 dB or a confident top-1 flip."""
+        low = [i for i, s in zip(self.indices(), self.per_sample_sqnr) if s < COLLAPSE_DB]
+        return sorted(set(low) | set(self.confident_flips))
+
+    def indices(self) -> list[int]:
+        return self.sample_indices or list(range(len(self.per_sample_sqnr)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -50,6 +80,8 @@ class PassRecord:
     status: str = "ok"  # ok | rolled-back | failed
     message: str = ""
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Node-level diff against the model before the pass (edgec.graphdiff), computed by the manager.
+    diff: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

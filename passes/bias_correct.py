@@ -37,6 +37,8 @@ FLOAT_WEIGHTS_KEY = "float_weights"  # or just {node name: float weight array} o
 class BiasCorrect(Pass):
     """Correct each quantized layer's bias by the mean output shift its weight quantization causes."""
 
+    add_after = "quantize"  # where --add inserts it in a target's pipeline
+
     #: at most this many calibration feeds (the mean converges fast; each feed is one extra ORT run)
     limit: int = 64
     #: keep the correction only if it raises the output SQNR on the sample inputs (it can lower it when

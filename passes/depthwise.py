@@ -46,6 +46,8 @@ DEFAULT_MAX_ERROR = 30.0  # dB: the layer's output keeps 99.9 % of its energy
 class SeparateDepthwise(Pass):
     """Turn KxK convolutions into depthwise + pointwise pairs (per-channel SVD), within an SQNR floor."""
 
+    add_after = "cleanup"  # where --add inserts it in a target's pipeline
+
     #: depthwise channel multiplier for every selected layer; None: --dw-rank, else chosen per layer
     rank: int | None = None
     #: per-layer output SQNR floor in dB; None: --dw-max-error, else 30

@@ -45,6 +45,8 @@ _CLIP_MODES = ("skip", "split", "relu")
 class Equalize(Pass):
     """Cross-layer equalization of consecutive Conv pairs (Nagel 2019); exact in fp32."""
 
+    add_after = "cleanup"  # where --add inserts it in a target's pipeline
+
     clip: str = "skip"
     iterations: int = 20
     #: stop when no scale moved by more than this (relative) in one sweep

@@ -11,7 +11,14 @@ positive variance) and standalone; a constant Add after some convs in every broa
 channel, scalar, spatial); residual Adds; Concats of branches; ConvTranspose; activations; pooling;
 Identity/Dropout; weights held in Constant nodes; intermediate tensors that are also graph outputs;
 Gemm / MatMul heads behind Flatten, Reshape or a foldable Shape->Gather->Concat->Reshape, with BN or
-bias Adds after them; a symbolic batch dim; opsets 13-17.
+bias Adds after them; a symbolic batch dim; opsets 13-17. And the elementwise forms exporters leave:
+Mul/Div/Sub/Add chains with per-channel, scalar or spatial constants on either side, before and after
+convs (per-channel affines); HardSwish and HardSigmoid spelled out in every spelling fuse-activation
+accepts plus near misses it must leave alone (Clip to 5, alpha 0.2), SE-style gates; Split/Concat;
+Resize (nearest, linear); Transpose to NHWC and back around a per-channel constant.
+
+``random_spec(rng)`` draws a small spec from a numpy RNG (the CI run: thousands per job, a fresh seed
+each run); ``net_specs()`` is the hypothesis strategy (the slow run, with shrinking).
 """
 
 from __future__ import annotations
@@ -43,7 +50,42 @@ class NetSpec:
     dynamic_batch: bool = False
 
 
-# -- strategies -------------------------------------------------------------------------------------
+# -- drawing specs ----------------------------------------------------------------------------------
+# The same generator runs under hypothesis (the slow run: shrinking) and under a numpy RNG (the CI run:
+# thousands of graphs, a fresh seed each run, reproducible from the seed). Both draw through ``Draw``.
+
+class Draw:
+    """What the generator asks for: an int in [lo, hi], one of a sequence, a coin flip."""
+
+    def int(self, lo: int, hi: int) -> int:
+        raise NotImplementedError
+
+    def choice(self, seq: Any) -> Any:
+        seq = list(seq)
+        return seq[self.int(0, len(seq) - 1)]
+
+    def bool(self) -> bool:
+        return self.int(0, 1) == 1
+
+
+class RngDraw(Draw):
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def int(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi + 1))
+
+
+class HypothesisDraw(Draw):
+    def __init__(self, draw: st.DrawFn) -> None:
+        self.draw = draw
+
+    def int(self, lo: int, hi: int) -> int:
+        return int(self.draw(st.integers(lo, hi)))
+
+    def choice(self, seq: Any) -> Any:
+        return self.draw(st.sampled_from(list(seq)))
+
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -53,33 +95,32 @@ def _out_dim(size: int, k: int, stride: int, dilation: int, pad: int) -> int:
     return (size + pad - dilation * (k - 1) - 1) // stride + 1
 
 
-@st.composite
-def conv_block(draw: st.DrawFn, cin: int, h: int, w: int, opset: int, same: bool = False) -> dict[str, Any]:
+def conv_block(d: Draw, cin: int, h: int, w: int, opset: int, same: bool = False) -> dict[str, Any]:
     """A Conv (+ optional BN, constant Add, activation) valid for a [N, cin, h, w] input.
 
     ``same`` keeps the spatial size (stride 1, odd kernel, centred pads): for residuals and Concat.
     """
-    group = draw(st.sampled_from(_divisors(cin)))
-    per_group = draw(st.integers(1, max(1, 8 // group)))
+    group = d.choice(_divisors(cin))
+    per_group = d.int(1, max(1, 8 // group))
     cout = group * per_group
-    if draw(st.booleans()) and cin > 1 and not same:
-        group, cout = cin, cin * draw(st.integers(1, 2))  # depthwise (multiplier 1 or 2)
+    if d.bool() and cin > 1 and not same:
+        group, cout = cin, cin * d.int(1, 2)  # depthwise (multiplier 1 or 2)
     if same:
-        kh = draw(st.sampled_from([k for k in (1, 3, 5) if k <= h] or [1]))
-        kw = draw(st.sampled_from([k for k in (1, 3, 5) if k <= w] or [1]))
+        kh = d.choice([k for k in (1, 3, 5) if k <= h] or [1])
+        kw = d.choice([k for k in (1, 3, 5) if k <= w] or [1])
         stride, dilation = 1, 1
         pads = (kh // 2, kw // 2, kh // 2, kw // 2)
         auto_pad = None
     else:
-        stride = draw(st.sampled_from((1, 1, 2, 3)))
-        dilation = draw(st.sampled_from((1, 1, 1, 2)))
-        kh = draw(st.integers(1, 5))
-        kw = draw(st.sampled_from((kh, draw(st.integers(1, 5)))))
-        auto_pad = draw(st.sampled_from((None, None, None, "SAME_UPPER", "SAME_LOWER", "VALID")))
+        stride = d.choice((1, 1, 2, 3))
+        dilation = d.choice((1, 1, 1, 2))
+        kh = d.int(1, 5)
+        kw = d.choice((kh, d.int(1, 5)))
+        auto_pad = d.choice((None, None, None, "SAME_UPPER", "SAME_LOWER", "VALID"))
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             dilation = 1  # ORT: "Dilation not supported for AutoPadType::SAME_*"
         if auto_pad is None:
-            pads = tuple(draw(st.integers(0, max(0, k - 1))) for k in (kh, kw, kh, kw))
+            pads = tuple(d.int(0, max(0, k - 1)) for k in (kh, kw, kh, kw))
         else:
             pads = (0, 0, 0, 0)
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -93,83 +134,155 @@ def conv_block(draw: st.DrawFn, cin: int, h: int, w: int, opset: int, same: bool
             pads, auto_pad = (0, 0, 0, 0), None
     return {
         "kind": "conv", "out": cout, "k": (kh, kw), "stride": stride, "dilation": dilation, "group": group,
-        "pads": pads, "auto_pad": auto_pad, "bias": draw(st.booleans()),
-        "bn": draw(st.booleans()), "add": draw(st.sampled_from((None, None) + ADD_FORMS)),
-        "act": _act(draw, opset), "const_weights": draw(st.integers(0, 4)) == 0,
-        "extra_output": draw(st.integers(0, 7)) == 0,
+        "pads": pads, "auto_pad": auto_pad, "bias": d.bool(),
+        "bn": d.bool(), "add": d.choice((None, None) + ADD_FORMS),
+        "act": _act(d, opset), "const_weights": d.int(0, 4) == 0,
+        "extra_output": d.int(0, 7) == 0,
     }
 
 
-def _act(draw: st.DrawFn, opset: int) -> str:
-    act = draw(st.sampled_from(ACTIVATIONS))
+def _act(d: Draw, opset: int) -> str:
+    act = d.choice(ACTIVATIONS)
     return "Relu" if act == "HardSwish" and opset < 14 else act
 
 
 def conv_shape(block: dict[str, Any], h: int, w: int) -> tuple[int, int, int]:
     kh, kw = block["k"]
-    s, d = block["stride"], block["dilation"]
+    s, dl = block["stride"], block["dilation"]
     if block["auto_pad"] in ("SAME_UPPER", "SAME_LOWER"):
         return block["out"], -(-h // s), -(-w // s)
     p = block["pads"]
-    return block["out"], _out_dim(h, kh, s, d, p[0] + p[2]), _out_dim(w, kw, s, d, p[1] + p[3])
+    return block["out"], _out_dim(h, kh, s, dl, p[0] + p[2]), _out_dim(w, kw, s, dl, p[1] + p[3])
+
+
+def affine_chain(d: Draw) -> list[tuple[str, str, str]]:
+    """1-3 elementwise steps with a constant: (op, form, side). ``form`` is c11 / 1c11 (per channel),
+    scalar or hw (varies over space: never foldable); ``side`` "left" puts the constant first
+    (Sub(c, x) and Div(c, x) are not affine in x: a pass that folds them is wrong)."""
+    return [(d.choice(("Mul", "Mul", "Add", "Sub", "Div")), d.choice(("c11", "1c11", "c11", "scalar", "hw")),
+             d.choice(("right", "right", "right", "left"))) for _ in range(d.int(1, 3))]
+
+
+HSWISH_FORMS = ("clip_div", "clip_mul", "div_first", "mul_first", "hsig", "near_miss_clip", "near_miss_hsig")
+HSIG_FORMS = ("clip_div", "clip_mul", "op", "near_miss")
+
+
+def _block(d: Draw, kind: str, c: int, h: int, w: int, opset: int) -> tuple[dict[str, Any] | None, int, int, int]:
+    """One block of ``kind`` for a [N, c, h, w] input, and the shape after it (None: not possible here)."""
+    b: dict[str, Any]
+    if kind == "conv":
+        b = conv_block(d, c, h, w, opset)
+        return (b, *conv_shape(b, h, w))
+    if kind == "residual":
+        b = conv_block(d, c, h, w, opset, same=True)
+        return {**b, "kind": "residual", "out": c, "group": d.choice(_divisors(c))}, c, h, w
+    if kind == "concat":
+        branches = [conv_block(d, c, h, w, opset, same=True) for _ in range(d.int(2, 3))]
+        return {"kind": "concat", "branches": branches}, sum(br["out"] for br in branches), h, w
+    if kind == "bn":
+        return {"kind": "bn"}, c, h, w
+    if kind == "act":
+        return {"kind": "act", "act": _act(d, opset)}, c, h, w
+    if kind == "pool":
+        if h < 2 or w < 2:
+            return None, c, h, w
+        return {"kind": "pool", "op": d.choice(("MaxPool", "AveragePool"))}, c, h // 2, w // 2
+    if kind == "noop":
+        return {"kind": "noop", "op": d.choice(("Identity", "Dropout"))}, c, h, w
+    if kind == "convT":
+        group = d.choice(_divisors(c))
+        out = group * d.int(1, max(1, 6 // group))
+        stride, k = d.choice((1, 2)), d.int(1, 3)
+        b = {"kind": "convT", "out": out, "group": group, "stride": stride, "k": k, "bias": d.bool(),
+             "bn": d.bool(), "add": d.choice((None, "c11", "1c11", "hw"))}
+        return b, out, (h - 1) * stride + k, (w - 1) * stride + k
+    if kind == "affine":
+        # A per-channel affine chain, then (usually) a conv reading it: fuse-affine folds it before the
+        # conv (not across padding), equalize-act rescales it.
+        b = {"kind": "affine", "chain": affine_chain(d), "conv": conv_block(d, c, h, w, opset) if d.int(0, 3) else None}
+        if b["conv"] is not None:
+            return (b, *conv_shape(b["conv"], h, w))
+        return b, c, h, w
+    if kind == "conv_affine":
+        # A conv then a constant chain after it (fuse-affine's "after" side, fuse-bias's Sub).
+        b = {"kind": "conv_affine", "conv": {**conv_block(d, c, h, w, opset), "bn": False, "add": None, "act": "none"},
+             "chain": affine_chain(d), "act": _act(d, opset)}
+        return (b, *conv_shape(b["conv"], h, w))
+    if kind == "conv_pair":
+        # Conv -> (Relu | LeakyRelu | Clip | nothing) -> Conv, the first read by nothing else: what
+        # cross-layer equalization rescales (a Clip only with equalize:clip=split).
+        first = {**conv_block(d, c, h, w, opset), "bn": False, "add": None, "extra_output": False,
+                 "act": d.choice(("Relu", "Relu", "LeakyRelu", "Clip", "none"))}
+        c1, h1, w1 = conv_shape(first, h, w)
+        second = conv_block(d, c1, h1, w1, opset)
+        return {"kind": "conv_pair", "convs": (first, second)}, *conv_shape(second, h1, w1)
+    if kind == "hswish":
+        form = d.choice(HSWISH_FORMS)
+        return {"kind": "hswish", "form": form, "swap": d.bool()}, c, h, w
+    if kind == "hsigmoid":
+        return {"kind": "hsigmoid", "form": d.choice(HSIG_FORMS), "gate": d.bool()}, c, h, w
+    if kind == "split":
+        if c < 2:
+            return None, c, h, w
+        first = d.int(1, c - 1)
+        conv = conv_block(d, first, h, w, opset, same=True) if d.bool() else None
+        b = {"kind": "split", "sizes": (first, c - first), "swap": d.bool(), "conv": conv}
+        return b, (conv["out"] if conv else first) + c - first, h, w
+    if kind == "resize":
+        if h * 2 > 16 or w * 2 > 16:
+            return None, c, h, w
+        return {"kind": "resize", "mode": d.choice(("nearest", "linear"))}, c, h * 2, w * 2
+    if kind == "transpose":
+        # NCHW -> NHWC, a per-channel constant along the last axis, and back.
+        return {"kind": "transpose", "op": d.choice(("Mul", "Add")), "back": True}, c, h, w
+    raise ValueError(kind)
+
+
+KINDS = ("conv", "conv", "conv", "residual", "concat", "bn", "act", "pool", "noop", "convT")
+KINDS_ELEMENTWISE = ("affine", "affine", "conv_affine", "conv_affine", "hswish", "hswish", "hsigmoid", "split",
+                     "resize", "transpose", "conv_pair", "conv_pair")
+
+
+def draw_spec(d: Draw, max_blocks: int = 5, max_hw: int = 14, kinds: tuple[str, ...] = KINDS + KINDS_ELEMENTWISE,
+              heads: bool = True) -> NetSpec:
+    opset = d.int(13, 17)
+    batch = d.int(1, 3)
+    c, h, w = d.int(1, 8), d.int(3, max_hw), d.int(3, max_hw)
+    channels, height, width = c, h, w
+    blocks: list[dict[str, Any]] = []
+    for _ in range(d.int(1, max_blocks)):
+        b, c2, h2, w2 = _block(d, d.choice(kinds), c, h, w, opset)
+        if b is None:
+            continue
+        blocks.append(b)
+        c, h, w = c2, h2, w2
+    head = None
+    if heads and d.bool():
+        head = {
+            "kind": d.choice(("gemm", "matmul")),
+            "pool": d.bool(),
+            "flatten": d.choice(("Flatten", "Reshape", "ShapeReshape")),
+            "units": d.int(1, 12),
+            "transB": d.bool(),
+            "alpha": d.choice((1.0, 0.5, 2.0)),
+            "beta": d.choice((1.0, 0.5)),
+            "bias": d.choice(("none", "vec", "row", "scalar", "full")),
+            "bn": d.bool(),
+            "add": d.choice((None, "vec", "row", "scalar")),
+        }
+    return NetSpec(opset=opset, batch=batch, channels=channels, height=height, width=width, blocks=tuple(blocks),
+                   head=head, seed=d.int(0, 2**31 - 1), dynamic_batch=d.int(0, 3) == 0)
 
 
 @st.composite
 def net_specs(draw: st.DrawFn, max_blocks: int = 5) -> NetSpec:
-    opset = draw(st.integers(13, 17))
-    batch = draw(st.integers(1, 3))
-    c, h, w = draw(st.integers(1, 8)), draw(st.integers(3, 14)), draw(st.integers(3, 14))
-    channels, height, width = c, h, w
-    blocks: list[dict[str, Any]] = []
-    for _ in range(draw(st.integers(1, max_blocks))):
-        kind = draw(st.sampled_from(("conv", "conv", "conv", "residual", "concat", "bn", "act", "pool", "noop",
-                                     "convT")))
-        if kind == "conv":
-            b = draw(conv_block(c, h, w, opset))
-            c, h, w = conv_shape(b, h, w)
-        elif kind == "residual":
-            b = draw(conv_block(c, h, w, opset, same=True))
-            b = {**b, "kind": "residual", "out": c, "group": draw(st.sampled_from(_divisors(c)))}
-        elif kind == "concat":
-            branches = [draw(conv_block(c, h, w, opset, same=True)) for _ in range(draw(st.integers(2, 3)))]
-            b = {"kind": "concat", "branches": branches}
-            c = sum(br["out"] for br in branches)
-        elif kind == "bn":
-            b = {"kind": "bn"}
-        elif kind == "act":
-            b = {"kind": "act", "act": _act(draw, opset)}
-        elif kind == "pool":
-            if h < 2 or w < 2:
-                continue
-            b = {"kind": "pool", "op": draw(st.sampled_from(("MaxPool", "AveragePool")))}
-            h, w = h // 2, w // 2
-        elif kind == "noop":
-            b = {"kind": "noop", "op": draw(st.sampled_from(("Identity", "Dropout")))}
-        else:
-            group = draw(st.sampled_from(_divisors(c)))
-            out = group * draw(st.integers(1, max(1, 6 // group)))
-            stride = draw(st.sampled_from((1, 2)))
-            k = draw(st.integers(1, 3))
-            b = {"kind": "convT", "out": out, "group": group, "stride": stride, "k": k, "bias": draw(st.booleans()),
-                 "bn": draw(st.booleans()), "add": draw(st.sampled_from((None, "c11", "1c11", "hw")))}
-            c, h, w = out, (h - 1) * stride + k, (w - 1) * stride + k
-        blocks.append(b)
-    head = None
-    if draw(st.booleans()):
-        head = {
-            "kind": draw(st.sampled_from(("gemm", "matmul"))),
-            "pool": draw(st.booleans()),
-            "flatten": draw(st.sampled_from(("Flatten", "Reshape", "ShapeReshape"))),
-            "units": draw(st.integers(1, 12)),
-            "transB": draw(st.booleans()),
-            "alpha": draw(st.sampled_from((1.0, 0.5, 2.0))),
-            "beta": draw(st.sampled_from((1.0, 0.5))),
-            "bias": draw(st.sampled_from(("none", "vec", "row", "scalar", "full"))),
-            "bn": draw(st.booleans()),
-            "add": draw(st.sampled_from((None, "vec", "row", "scalar"))),
-        }
-    return NetSpec(opset=opset, batch=batch, channels=channels, height=height, width=width, blocks=tuple(blocks),
-                   head=head, seed=draw(st.integers(0, 2**31 - 1)), dynamic_batch=draw(st.integers(0, 3)) == 0)
+    """The hypothesis strategy (shrinks a failure to a small literal): the original conv-net kinds."""
+    return draw_spec(HypothesisDraw(draw), max_blocks=max_blocks, kinds=KINDS)
+
+
+def random_spec(rng: np.random.Generator, max_blocks: int = 4) -> NetSpec:
+    """One spec from a numpy RNG, small (at most 10x10 inputs) so thousands run per CI job."""
+    return draw_spec(RngDraw(rng), max_blocks=max_blocks, max_hw=10)
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -297,6 +410,8 @@ def build(spec: NetSpec) -> onnx.ModelProto:
             if b["bn"]:
                 x = bld.bn(x, c)
             x = bld.add_const(x, b["add"], c, h, w)
+        elif kind in ELEMENTWISE_BUILDERS:
+            x, c, h, w = ELEMENTWISE_BUILDERS[kind](bld, x, c, h, w, b)
         else:
             raise ValueError(f"unknown block kind {kind!r}")
     out_shape: list[int | str] = [spec.batch, c, h, w]
@@ -356,3 +471,112 @@ def feeds(spec: NetSpec, n: int = 2) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(spec.seed + 1)
     shape = (spec.batch, spec.channels, spec.height, spec.width)
     return [{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+# -- elementwise blocks (Mul/Div/Sub chains, spelled-out activations, Split, Resize, Transpose) ---------
+
+def _scalar(bld: _Builder, value: float, base: str) -> str:
+    return bld.const(np.array(value, np.float32), base)
+
+
+def _chain(bld: _Builder, x: str, chain: list, c: int, h: int, w: int) -> str:
+    shapes = {"c11": (c, 1, 1), "1c11": (1, c, 1, 1), "scalar": (1,), "hw": (1, 1, h, w)}
+    for op, form, side in chain:
+        shape = shapes[form]
+        if op in ("Mul", "Div"):
+            # |k| in [0.5, 2], either sign: a scale, never near zero (a division stays well conditioned).
+            k = bld.rng.uniform(0.5, 2.0, shape) * bld.rng.choice([-1.0, 1.0], shape)
+        else:
+            k = bld.rng.standard_normal(shape) * 0.5
+        name = bld.const(k.astype(np.float32), "k")
+        if op == "Div" and side == "left":
+            op = "Mul"  # c / x is not an affine of x and blows up near zero: use the constant-first Mul
+        x = bld.node(op, [name, x] if side == "left" else [x, name])
+    return x
+
+
+def _affine(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    x = _chain(bld, x, b["chain"], c, h, w)
+    if b["conv"] is not None:
+        return bld.conv(x, c, h, w, b["conv"])
+    return x, c, h, w
+
+
+def _conv_affine(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    x, c, h, w = bld.conv(x, c, h, w, b["conv"])
+    x = _chain(bld, x, b["chain"], c, h, w)
+    return bld.act(x, b["act"]), c, h, w
+
+
+def _relu6_of_x_plus_3(bld: _Builder, x: str, hi: float = 6.0) -> str:
+    three = _scalar(bld, 3.0, "three")
+    t = bld.node("Add", [x, three] if bld.rng.integers(2) else [three, x])
+    return bld.node("Clip", [t, _scalar(bld, 0.0, "zero"), _scalar(bld, hi, "six")])
+
+
+def _conv_pair(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    for conv in b["convs"]:
+        x, c, h, w = bld.conv(x, c, h, w, conv)
+    return x, c, h, w
+
+
+def _hswish(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    form = b["form"]
+
+    def mul(a: str, g: str) -> str:
+        return bld.node("Mul", [g, a] if b["swap"] else [a, g])
+
+    if form in ("hsig", "near_miss_hsig"):
+        alpha = 1.0 / 6.0 if form == "hsig" else 0.2
+        return mul(x, bld.node("HardSigmoid", [x], alpha=alpha, beta=0.5)), c, h, w
+    gate = _relu6_of_x_plus_3(bld, x, hi=5.0 if form == "near_miss_clip" else 6.0)
+    if form in ("clip_div", "near_miss_clip"):
+        y = bld.node("Div", [mul(x, gate), _scalar(bld, 6.0, "six")])
+    elif form == "clip_mul":
+        y = bld.node("Mul", [mul(x, gate), _scalar(bld, 1.0 / 6.0, "sixth")])
+    elif form == "div_first":
+        y = mul(x, bld.node("Div", [gate, _scalar(bld, 6.0, "six")]))
+    else:  # mul_first
+        y = mul(x, bld.node("Mul", [gate, _scalar(bld, 1.0 / 6.0, "sixth")]))
+    return y, c, h, w
+
+
+def _hsigmoid(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    src = bld.node("GlobalAveragePool", [x]) if b["gate"] else x  # SE-style gate: x * hsig(pool(x))
+    form = b["form"]
+    if form == "op":
+        g = bld.node("HardSigmoid", [src], alpha=1.0 / 6.0, beta=0.5)
+    else:
+        r = _relu6_of_x_plus_3(bld, src)
+        if form == "clip_mul":
+            g = bld.node("Mul", [r, _scalar(bld, 1.0 / 6.0, "sixth")])
+        else:
+            g = bld.node("Div", [r, _scalar(bld, 5.0 if form == "near_miss" else 6.0, "six")])
+    return (bld.node("Mul", [x, g]) if b["gate"] else g), c, h, w
+
+
+def _split(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    a, rest = b["sizes"]
+    pa, pb = bld.name("split_a"), bld.name("split_b")
+    bld.nodes.append(helper.make_node("Split", [x, bld.const(np.array([a, rest], np.int64), "sizes")], [pa, pb],
+                                      name=bld.name("Split"), axis=1))
+    ca = a
+    if b["conv"] is not None:
+        pa, ca, _, _ = bld.conv(pa, a, h, w, b["conv"])
+    return bld.node("Concat", [pb, pa] if b["swap"] else [pa, pb], axis=1), ca + rest, h, w
+
+
+def _resize(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    scales = bld.const(np.array([1.0, 1.0, 2.0, 2.0], np.float32), "scales")
+    return bld.node("Resize", [x, "", scales], mode=b["mode"]), c, h * 2, w * 2
+
+
+def _transpose(bld: _Builder, x: str, c: int, h: int, w: int, b: dict[str, Any]) -> tuple[str, int, int, int]:
+    t = bld.node("Transpose", [x], perm=[0, 2, 3, 1])
+    k = bld.const((bld.rng.uniform(0.5, 2.0, c) if b["op"] == "Mul" else bld.vec(c)).astype(np.float32), "kc")
+    t = bld.node(b["op"], [t, k])
+    return bld.node("Transpose", [t], perm=[0, 3, 1, 2]), c, h, w
+
+
+ELEMENTWISE_BUILDERS = {"conv_pair": _conv_pair, "affine": _affine, "conv_affine": _conv_affine, "hswish": _hswish, "hsigmoid": _hsigmoid,
+                        "split": _split, "resize": _resize, "transpose": _transpose}

@@ -42,7 +42,11 @@ def test_compile_writes_model_and_reports(conv_bn_file, conv_bn_npz, tmp_path, c
     assert last["summary"]["ops"] == {"Conv": 1}
     assert last["drift"]["max_rel"] < 1e-5
     assert rep["backend"]["figures"]["latency"]["runs"] == 5
-    assert rep["samples"].startswith("6 of s.npz")
+    # One set given: every 4th sample (here sample 3) is held aside, calibration never sees it.
+    assert rep["samples"].startswith("scored on 1 held aside (every 4th sample of s.npz")
+    assert rep["held_aside"]["calibrated_on"] == 5
+    assert rep["held_aside"]["indices"] == [3]
+    assert rep["backend"]["figures"]["drift"]["sample_indices"] == [3]
     assert "<svg" in (out / "report.html").read_text()
     printed = capsys.readouterr().out
     assert "fuse-bn" in printed and "latency" in printed

@@ -81,4 +81,6 @@ def test_ppocr_rec_int8_gains(zoo, zoo_path, line_images, tmp_path):
         scores[len(extra)] = sqnr_db(a, np.concatenate([next(iter(g.values())).ravel() for g in got]))
     # cpu-int8 pins 7-bit weights (its scheme), so this holds on any host. With 8-bit weights the gain is
     # gone (measured on an AVX-512 VNNI host: 8.28 dB with equalize-act vs 8.32 without).
-    assert scores[1] > scores[0] + 1.5, scores
+    # 7.7 -> 8.9 dB on the held-out lines. (The old +1.5 dB floor was met while the quantize pass chose its
+    # range rule on evals[:2], the lines scored here; it now chooses on calibration samples only.)
+    assert scores[1] > scores[0] + 1.0, scores

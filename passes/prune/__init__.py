@@ -29,6 +29,8 @@ __all__ = ["Prune", "format_plan", "plan"]
 class Prune(Pass):
     """Magnitude pruning: zero weights (unstructured) or remove whole channels (channels, with refit)."""
 
+    add_after = "cleanup"  # where --add inserts it in a target's pipeline
+
     mode: str = "unstructured"
     ratio: float = 0.5
     scope: str = "layer"  # unstructured: "layer" (same ratio per layer) or "global" (one threshold)
