@@ -23,7 +23,6 @@ import glob
 import importlib
 import os
 import pkgutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,17 @@ def node_cases(every: int = 1, modules: list[str] | None = None) -> Iterator[Cas
 
     # np.random.seed is set by onnx before each export; warnings from its reference code are noise here.
     for mod in modules or _node_modules()[::every]:
-        before = len(pkg._NodeTestCases)
-        full = f"{pkg.__name__}.{mod}"
-        with np.errstate(all="ignore"):
-            if full not in sys.modules:
-                importlib.import_module(full)
-        for tc in pkg._NodeTestCases[before:]:
+        if mod not in _GENERATED:  # a module's cases are made once, when it is first imported
+            before = len(pkg._NodeTestCases)
+            with np.errstate(all="ignore"):
+                importlib.import_module(f"{pkg.__name__}.{mod}")
+            _GENERATED[mod] = pkg._NodeTestCases[before:]
+        for tc in _GENERATED[mod]:
             for k, (ins, outs) in enumerate(tc.data_sets or []):
                 yield Case(tc.name if k == 0 else f"{tc.name}#{k}", "node", tc.model, list(ins), list(outs))
+
+
+_GENERATED: dict[str, list[Any]] = {}
 
 
 def _read_pb(path: str) -> Any:
