@@ -14,7 +14,10 @@ Range methods, all from the same statistics:
               real number of levels of the target dtype (Migacz, "8-bit inference with TensorRT", 2017)
   mse         the clipping range with the least expected squared quantization error (clipping error of
               the tails plus step^2/12 inside; exact zeros cost nothing since zero is representable)
-  auto        per tensor, whichever of the above gives the best expected SQNR
+  mean_minmax the MEAN over calibration samples of each sample's own min and max (NNCF's default range
+              for activations, "mean_min_max"): one outlier image cannot stretch the range, yet every
+              sample's typical extremes are kept, so it generalises to images calibration never saw
+  auto        per tensor, whichever of minmax / percentile / mse gives the best expected SQNR
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ Feed = dict[str, np.ndarray]
 BINS = 2048
 SUBSAMPLE = 1 << 18
 OUTPUT_BUDGET = 256 << 20  # bytes of intermediate outputs alive per ORT run
-METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+METHODS = ("minmax", "percentile", "entropy", "mse", "mean_minmax", "auto")
 
 
 @dataclasses.dataclass
@@ -52,6 +55,22 @@ class TensorStats:
     chan_sum: np.ndarray | None = None  # per axis-1 channel sums (inputs of weighted ops: bias correction)
     chan_count: int = 0
     histogram: bool = True  # False: min/max only (all ``minmax`` needs; 3x cheaper per update)
+    samples: int = 0  # calibration samples seen (for mean_minmax)
+    sample_min_sum: float = 0.0
+    sample_max_sum: float = 0.0
+
+    def update_samples(self, x: np.ndarray, n: int) -> None:
+        """Per-sample min and max, summed (mean_minmax). A tensor whose axis 0 is not the batch of ``n``
+        feeds (a reshape folded it) counts as one sample."""
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        rows = x.reshape(n, -1) if n > 1 and x.ndim > 0 and x.shape[0] == n else x.reshape(1, -1)
+        mins, maxs = rows.min(axis=1).astype(np.float64), rows.max(axis=1).astype(np.float64)
+        ok = np.isfinite(mins) & np.isfinite(maxs)
+        self.samples += int(ok.sum())
+        self.sample_min_sum += float(mins[ok].sum())
+        self.sample_max_sum += float(maxs[ok].sum())
 
     def update_channels(self, x: np.ndarray) -> None:
         """Running per-channel (axis 1) sums, for the mean input each weight row sees."""
@@ -151,6 +170,10 @@ class TensorStats:
         out.count += other.count
         out.zeros += other.zeros
         out.min, out.max = min(out.min, other.min), max(out.max, other.max)
+        if out.samples and other.samples:
+            # A shared range must hold both tensors' typical extremes: the wider of the two means.
+            (a_lo, a_hi), (b_lo, b_hi) = range_mean_minmax(self, UINT8), range_mean_minmax(other, UINT8)
+            out.sample_min_sum, out.sample_max_sum = min(a_lo, b_lo) * out.samples, max(a_hi, b_hi) * out.samples
         if other.width == 0.0 or out.width == 0.0:
             base = other if out.width == 0.0 else out
             out.lo, out.width, out.hist = base.lo, base.width, base.hist.copy()
@@ -247,6 +270,12 @@ def _quantile(st: TensorStats, q: float) -> float:
 
 def range_minmax(st: TensorStats, lv: Levels) -> tuple[float, float]:
     return st.min, st.max
+
+
+def range_mean_minmax(st: TensorStats, lv: Levels) -> tuple[float, float]:
+    if st.samples == 0:
+        return st.min, st.max
+    return st.sample_min_sum / st.samples, st.sample_max_sum / st.samples
 
 
 def range_percentile(st: TensorStats, lv: Levels, p: float = 99.99) -> tuple[float, float]:
@@ -346,12 +375,13 @@ def choose_range(st: TensorStats, method: str, lv: Levels, percentile: float = 9
         "percentile": lambda: range_percentile(st, lv, percentile),
         "entropy": lambda: range_entropy(st, lv),
         "mse": lambda: range_mse(st, lv),
+        "mean_minmax": lambda: range_mean_minmax(st, lv),
     }
     if method != "auto":
         return table[method](), method
     # Entropy never beats the SQNR search on SQNR (it optimises KL), so auto skips its cost.
     scored = [(expected_sqnr(st, *r, lv), name, r) for name, r in ((n, f()) for n, f in table.items()
-                                                                    if n != "entropy")]
+                                                                    if n in ("minmax", "percentile", "mse"))]
     best = max(scored, key=lambda s: s[0])
     return best[2], best[1]
 
@@ -414,10 +444,7 @@ def collect(model: ir.Model, names: Sequence[str], feeds: Iterable[Feed], *, bat
             return stats
         outs = sess.run(names, runtime.input_feed(sess, first))
         per_sample = sum(o.nbytes for o in outs) / max(1, next(iter(first.values())).shape[0])
-        for name, arr in zip(names, outs):
-            stats[name].update(arr)
-            if name in chan:
-                stats[name].update_channels(arr)
+        _record(stats, names, outs, chan, 1)
         del outs
         done = 1
         if progress:
@@ -433,23 +460,26 @@ def collect(model: ir.Model, names: Sequence[str], feeds: Iterable[Feed], *, bat
             outs_list = [sess.run(names, runtime.input_feed(sess, {k: v[i:i + 1] for k, v in feed.items()}))
                          for i in range(n)]
             for per in outs_list:
-                for name, arr in zip(names, per):
-                    stats[name].update(arr)
-                    if name in chan:
-                        stats[name].update_channels(arr)
+                _record(stats, names, per, chan, 1)
             done += n
             if progress:
                 progress(done, total or 0)
             continue
-        for name, arr in zip(names, outs):
-            stats[name].update(arr)
-            if name in chan:
-                stats[name].update_channels(arr)
+        _record(stats, names, outs, chan, n)
         del outs
         done += n
         if progress:
             progress(done, total or 0)
     return stats
+
+
+def _record(stats: dict[str, TensorStats], names: Sequence[str], outs: Sequence[np.ndarray], chan: set[str],
+            n: int) -> None:
+    for name, arr in zip(names, outs):
+        stats[name].update(arr)
+        stats[name].update_samples(arr, n)
+        if name in chan:
+            stats[name].update_channels(arr)
 
 
 def rich_progress(description: str = "calibrating") -> tuple[Callable[[int, int], Any], Callable[[], None]]:

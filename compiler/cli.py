@@ -9,7 +9,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from edgec.errors import EXIT_INTERNAL, EXIT_USER, EdgecError
+from edgec import calib
+from edgec.errors import EXIT_INTERNAL, EXIT_USER, BudgetNotMet, EdgecError
 from edgec.explore import add_parser as explore_parser
 from edgec.explore import run as cmd_explore
 
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="score on at most this many held-aside samples (default: all, up to 256, within a "
                         "5 s budget of float runs; the count is printed)")
     c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
-    c.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"],
+    c.add_argument("--calib-method", choices=list(calib.METHODS),
                    help="activation range method for quantize")
     c.add_argument("--preprocess", help="image preprocessing preset or spec (see docs)")
     c.add_argument("--exclude", action="append", help="node names or op types to keep in float (repeatable)")
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="which held-aside SQNR --min-sqnr bounds: the aggregate over all samples (mean), the "
                         "10th-percentile sample (p10, default: a collapsing tenth of the inputs fails it, one "
                         "odd input does not) or the worst sample (min)")
+    q.add_argument("--max-float", type=int, help="mixed precision: keep at most this many layers float")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -131,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     qr.add_argument("model")
     qr.add_argument("--calib", help="calibration data (image folder, .npz, module:function, random)")
     qr.add_argument("-t", "--target", default="cpu-int8")
-    qr.add_argument("--calib-method", choices=["minmax", "percentile", "entropy", "mse", "auto"])
+    qr.add_argument("--calib-method", choices=list(calib.METHODS))
     qr.add_argument("--calib-limit", type=int)
     qr.add_argument("--exclude", action="append")
     qr.add_argument("--preprocess")
@@ -258,8 +260,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise EdgecError(f"--num-samples {args.num_samples}: must be at least 1", hint="e.g. --num-samples 8")
     console = _console(args)
     opts = _options(args)
+    searched = None
     if args.max_drop is not None or args.min_sqnr is not None:
-        _search(args, model, calib, out, opts, console)
+        searched = _search(args, model, calib, out, opts, console)
     status = console.status("compiling") if console is not None and console.is_terminal else None
     if status is not None:
         status.start()
@@ -278,11 +281,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result.report.print(console)
         if out:
             console.print(f"wrote {out}/ (model, report.json, report.html)")
+    if searched is not None and not searched.met:
+        # The best model found is written above; exit 3 so build scripts notice the budget was missed.
+        raise BudgetNotMet(searched.message.split("; see the Pareto table")[0])
+    judged = result.report.extra.get("budget") if searched is not None else None
+    if judged and not judged.get("met", True):
+        # The search met it in simulation, the shipped artifact does not (ORT's fused int8 kernels differ).
+        raise BudgetNotMet(f"budget NOT met by the artifact: held-aside SQNR ({judged['on']}) {judged['figure']:.2f} "
+                           f"dB, short by {judged['min_sqnr'] - judged['figure']:.2f} dB of --min-sqnr {judged['min_sqnr']:g}")
     return 0
 
 
 def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | None, opts: dict[str, Any],
-            console: Any) -> None:
+            console: Any) -> Any:
     """Budgeted mixed precision: find which layers stay float, then the compile below uses them."""
     from edgec import mixed_precision
 
@@ -290,25 +301,21 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
         raise EdgecError("--max-drop/--min-sqnr search the target's pipeline; drop --passes")
     if calib is None:
         raise EdgecError("--max-drop/--min-sqnr need --calib (part of it is held aside for evaluation)")
-    import inspect
-
-    kwargs: dict[str, Any] = {}
-    if "budget_on" in inspect.signature(mixed_precision.run_search).parameters:
-        kwargs["budget_on"] = args.budget_on
-    elif console is not None and args.min_sqnr is not None and args.budget_on != "mean":
-        # A search without per-sample budgets bounds the aggregate; the compile below still checks the
-        # artifact's held-aside figure by --budget-on and warns when it misses.
-        console.print(f"note: the layer search bounds the aggregate SQNR; --budget-on {args.budget_on} is "
-                      "checked on the compiled artifact")
     res = mixed_precision.run_search(model, args.target or "cpu-int8", calib, max_drop=args.max_drop,
                                      min_sqnr=args.min_sqnr, metric=args.metric, eval_spec=args.samples,
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
-                                     target_file=args.target_file, **kwargs)
+                                     target_file=args.target_file, max_steps=args.max_float,
+                                     budget_on=args.budget_on)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
+    if res.a16:
+        opts["a16"] = list(res.a16)
+    for key, value in res.fixed.items():  # the range rule and bias correction the search measured with
+        opts.setdefault(key, value)
     if console is not None:
         console.print(res.message)
         console.print(res.pareto_table())
+    return res
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:

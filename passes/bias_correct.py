@@ -117,7 +117,7 @@ def correct_biases(model: ir.Model, float_model: ir.Model | dict[str, np.ndarray
         trial_nodes = list(trial.graph)
         trial_names = NameSource(trial.graph)
         for layer, shift in zip(layers, shifts):
-            _subtract_from_bias(trial.graph, trial_nodes[position[id(layer.node)]], shift, trial_names, int32_bias)
+            subtract_from_bias(trial.graph, trial_nodes[position[id(layer.node)]], shift, trial_names, int32_bias)
         before = _sqnr(model, samples, reference)
         after = _sqnr(trial, samples, reference)
         verdict = after >= before
@@ -129,7 +129,7 @@ def correct_biases(model: ir.Model, float_model: ir.Model | dict[str, np.ndarray
                            for layer in layers]
     names = NameSource(model.graph)
     for layer, shift in zip(layers, shifts):
-        how = _subtract_from_bias(model.graph, layer.node, shift, names, int32_bias)
+        how = subtract_from_bias(model.graph, layer.node, shift, names, int32_bias)
         rows.append({"node": layer.node.name, "corrected": True, "bias": how,
                      "mean_abs_shift": float(np.mean(np.abs(shift))), "max_abs_shift": float(np.max(np.abs(shift)))})
     return rows
@@ -225,7 +225,7 @@ def _measure_shifts(model: ir.Model, layers: list[_Layer], feeds: Sequence[Feed]
     return [s / len(feeds) for s in sums]  # type: ignore[operator]
 
 
-def _subtract_from_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, names: NameSource,
+def subtract_from_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, names: NameSource,
                         int32_bias: bool = True) -> str:
     gemm = node.op_type == "Gemm"
     beta = float(attr(node, "beta", 1.0)) if gemm else 1.0

@@ -147,3 +147,26 @@ def test_entropy_matches_the_sqnr_optimum_on_a_relu_laplace_tensor() -> None:
     best = fake_quant_sqnr(x, *calib.range_mse(st, UINT8), UINT8)
     assert hi < 0.9 * float(x.max())
     assert fake_quant_sqnr(x, lo, hi, UINT8) > best - 0.5
+
+
+def test_mean_minmax_is_the_mean_of_per_sample_extremes_through_batched_collection() -> None:
+    """NNCF's default range: batched runs (8 feeds in one ORT call) must still count per sample, and
+    one outlier sample moves the range by 1/N of its excess, not all of it (minmax)."""
+    model = model_io.from_proto(_chain_model())
+    rng = np.random.default_rng(11)
+    feeds = [{"x": rng.standard_normal((1, 4)).astype(np.float32)} for _ in range(19)]
+    feeds[5]["x"][0, 2] = 40.0  # one outlier image
+    stats = calib.collect(model, ["m"], feeds, batch=8)
+    per = np.stack([2 * f["x"][0] for f in feeds])
+    st = stats["m"]
+    assert st.samples == 19
+    lo, hi = calib.choose_range(st, "mean_minmax", UINT8)[0]
+    assert lo == pytest.approx(per.min(axis=1).mean(), rel=1e-6)
+    assert hi == pytest.approx(per.max(axis=1).mean(), rel=1e-6)
+    assert hi < 0.3 * st.max  # minmax would take 80 from the one outlier
+    # A shared range (Concat group) keeps the wider of the two means.
+    other = TensorStats()
+    other.update_samples(np.array([[0.0, 9.0], [1.0, 11.0]], np.float32), 2)
+    other.update(np.array([0.0, 9.0, 1.0, 11.0], np.float32))
+    m = st.merged(other)
+    assert calib.range_mean_minmax(m, UINT8) == pytest.approx((min(lo, 0.5), 10.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +173,10 @@ def test_exclude_keeps_float(feeds16: list[dict]) -> None:
     assert convs["conv2"].inputs[1].producer() is None  # float weight
     assert convs["conv1"].inputs[1].producer().op_type == "DequantizeLinear"
     qp = q_params(model)
-    assert qp["c3"][:2] != qp["c4"][:2]  # a float Concat does not tie its inputs' scales
+    # Float end to end: no Q/DQ on an excluded node's inputs or outputs, even where a neighbour (the
+    # residual Add reading conv2's output, the Sigmoid reading the Concat's) would quantize them.
+    assert not {"c2", "c3", "c4", "cat"} & set(qp)
+    assert {"x", "r1", "s"} <= set(qp)  # the rest stays int8
     assert {s["node"] for s in ctx.details["skipped"]} >= {"conv2", "concat"}
 
 
@@ -200,6 +204,21 @@ def test_digits_accuracy_and_size(digits_model: Path, digits_samples: dict) -> N
     acc_q = np.mean([sq.run(None, {"input": x})[0].argmax() == y for x, y in zip(xs, ys)])
     assert acc_f - acc_q <= 0.003 + 1e-9
     assert len(model_io.to_bytes(res.model)) < 0.6 * len(model_io.to_bytes(fp32.model))
+
+
+def test_auto_scores_every_generalising_rule_and_keeps_the_best(digits_model: Path) -> None:
+    """--calib-method auto builds percentile (+/- bias correction) and minmax from one calibration and keeps
+    the best output SQNR on the sample inputs; per-tensor MSE and mean_minmax (both won on calibration
+    samples and lost on held-aside images) never compete."""
+    calib = Path(digits_model).parent / "digits_samples.npz"
+    res = edgec.compile(digits_model, target="cpu-int8", calib=str(calib), calib_limit=64)
+    q = next(r for r in res.records if r.name == "quantize")
+    scores = q.details["auto_scores"]
+    assert set(scores) == {"percentile+bias_correction", "percentile", "minmax+bias_correction"}
+    best = max(scores, key=scores.__getitem__)
+    assert best.split("+")[0] == q.details["method"]
+    assert q.details["bias_correction"] == best.endswith("+bias_correction")
+    assert all(math.isfinite(v) and v > 10 for v in scores.values()), scores
 
 
 def test_random_calibration_warns_loudly(digits_model: Path) -> None:

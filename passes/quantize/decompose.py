@@ -12,14 +12,20 @@ second DequantizeLinear on the same integer tensor (see insert.fold_scalar_muls)
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnx_ir as ir
 
 from edgec.graph import NameSource, add_initializer, attr, nodes_of
 
 
-def decompose_hard_activations(graph: ir.Graph) -> int:
-    """Replace every HardSwish/HardSigmoid by Add -> Clip (-> Mul x) -> Mul(a); returns how many."""
+def decompose_hard_activations(graph: ir.Graph, keep: Iterable[str] = ()) -> int:
+    """Replace every HardSwish/HardSigmoid by Add -> Clip (-> Mul x) -> Mul(a); returns how many.
+
+    Nodes named in ``keep`` (kept float by the user or the mixed-precision search) stay one op: their
+    pieces would otherwise carry new names the exclusion no longer matches, and be quantized."""
+    keep = set(keep)
     names = NameSource(graph)
     shared: dict[tuple[str, float], ir.Value] = {}
 
@@ -33,7 +39,7 @@ def decompose_hard_activations(graph: ir.Graph) -> int:
     count = 0
     for node in nodes_of(graph, "HardSwish", "HardSigmoid"):
         x = node.inputs[0]
-        if x is None or x.dtype != ir.DataType.FLOAT:
+        if x is None or x.dtype != ir.DataType.FLOAT or node.name in keep:
             continue
         if node.op_type == "HardSwish":
             alpha, beta = 1.0 / 6.0, 0.5
