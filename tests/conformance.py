@@ -110,9 +110,15 @@ def _real_inputs(model: onnx.ModelProto) -> list[str]:
 
 def feed_of(case: Case) -> dict[str, Any]:
     names = _real_inputs(case.model)
-    # Node cases give some inputs as numpy scalars; ORT takes arrays (lists are sequences: kept).
-    return {n: v if isinstance(v, (list, dict)) or v is None else np.asarray(v)
-            for n, v in zip(names, case.inputs) if n}
+    # Node cases give some inputs as numpy scalars or TensorProtos (the Cast cases); ORT takes arrays
+    # (lists are sequences: kept).
+    return {n: _array(v) for n, v in zip(names, case.inputs) if n}
+
+
+def _array(v: Any) -> Any:
+    if isinstance(v, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(v)
+    return v if isinstance(v, (list, dict)) or v is None else np.asarray(v)
 
 
 def _ort_outputs(model: onnx.ModelProto, feed: dict[str, Any]) -> list[Any]:
@@ -126,6 +132,7 @@ def matches(expected: list[Any], got: list[Any]) -> bool:
     if len(expected) != len(got):
         return False
     for e, g in zip(expected, got):
+        e = onnx.numpy_helper.to_array(e) if isinstance(e, onnx.TensorProto) else e
         if isinstance(e, list) or isinstance(g, list):
             if not isinstance(e, list) or not isinstance(g, list) or not matches(e, g):
                 return False
