@@ -15,6 +15,7 @@ import onnx_ir as ir
 from edgec import data, model_io, outputs, targets
 from edgec.backends import get as get_backend
 from edgec.errors import EdgecError
+from edgec.graph import initializer_inputs_to_constants
 from edgec.manager import Manager
 from edgec.pass_infra import Feed, Pass, PassContext, parse_pipeline, parse_spec
 from edgec.records import COLLAPSE_DB, Artifacts, Drift, PassRecord
@@ -39,6 +40,7 @@ def example_paths() -> tuple[Path, Path]:
 def load_model(model: str | os.PathLike | ir.Model, shapes: dict[str, tuple[int, ...]] | None = None, *,
                allow_custom_ops: bool = False) -> ir.Model:
     if isinstance(model, ir.Model):
+        initializer_inputs_to_constants(model)
         if shapes:
             model_io.pin_shapes(model, shapes)
         return model

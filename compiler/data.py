@@ -1,8 +1,10 @@
 """Sample and calibration inputs: where feeds come from, loaded lazily so memory does not grow with N.
 
-Sources: an .npz (one array per input name; a leading sample axis is allowed), an .npy (single-input
-model), a folder of images (edgec.images decodes and preprocesses them), ``module:function`` returning
-an iterable of feeds, or ``random`` (only on request, and it says so loudly in the report).
+Sources: an .npz (one array per input name; a leading sample axis is allowed, and when the input's
+first dim is 1 or dynamic an array of the input's rank is read as a stack of samples along that axis),
+an .npy (single-input model), a folder of images (edgec.images decodes and preprocesses them),
+``module:function`` returning an iterable of feeds, or ``random`` (only on request, and it says so
+loudly in the report). Arrays take the dtype of the input they feed (strings, uint64, bool ...).
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.errors import EdgecError
+from edgec.graph import feed_inputs
 
 Feed = dict[str, np.ndarray]
 
 RANDOM_WARNING = ("calibration/sample data is RANDOM noise (--calib random): drift and quantization ranges "
                   "are not those of real inputs")
-
-
-_SHAPE_HINT = "save one array per input as [samples, *input_shape] (or a single sample as the input shape)"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -59,8 +59,9 @@ class FeedSource(Sequence[Feed]):
 
 
 def input_specs(model: ir.Model) -> list[tuple[str, tuple[int | str, ...], np.dtype]]:
+    """(name, dims, dtype) of every input a feed must hold (initializers listed as inputs are not)."""
     specs = []
-    for v in model.graph.inputs:
+    for v in feed_inputs(model.graph):
         dims: tuple[int | str, ...] = tuple(d if isinstance(d, int) else _dim_name(d) for d in (v.shape or ()))
         dtype = v.dtype.numpy() if v.dtype is not None else np.dtype(np.float32)
         specs.append((v.name or "", dims, np.dtype(dtype)))
@@ -73,21 +74,41 @@ def _dim_name(d: object) -> str:
 
 
 def _fit(arr: np.ndarray, name: str, dims: tuple[int | str, ...], dtype: np.dtype, origin: str) -> list[np.ndarray]:
-    """Split ``arr`` into per-sample arrays that match the input's rank."""
+    """Split ``arr`` into per-sample arrays of the input's rank.
+
+    Layouts taken: ``[samples, *input_shape]``; and, when the input's first dim is 1 or dynamic,
+    ``[samples, *input_shape[1:]]`` (a stack of images saved as [N, 3, 224, 224] for a [1, 3, 224, 224]
+    input): its first axis is the sample axis, each sample keeping a first dim of 1. An array of the
+    input's shape exactly is one sample; so is a rank-1 array for a rank-1 dynamic input (a sequence,
+    not a stack).
+    """
     rank = len(dims)
-    if arr.ndim == rank:
-        samples = [arr]
-    elif arr.ndim == rank + 1:
+    first = dims[0] if dims else None
+    dynamic = not isinstance(first, int) or first < 0
+    stacked = first == 1 or (dynamic and rank >= 2)
+    if arr.ndim == rank + 1:
         samples = list(arr)
+    elif arr.ndim == rank and rank >= 1 and stacked:
+        samples = [arr[i:i + 1] for i in range(arr.shape[0])]
+    elif arr.ndim == rank:
+        samples = [arr]
     else:
         raise EdgecError(f"{origin}: array '{name}' has shape {arr.shape}; input '{name}' wants rank {rank} "
-                         f"({list(dims)}) or a leading sample axis", hint=_SHAPE_HINT)
+                         f"({list(dims)}) or a leading sample axis", hint=_layouts(dims))
     for s in samples[:1]:
         for i, (d, got) in enumerate(zip(dims, s.shape)):
             if isinstance(d, int) and d >= 0 and d != got:  # -1 (Paddle exports) is dynamic
-                raise EdgecError(f"{origin}: array '{name}' has shape {s.shape}, input '{name}' wants "
-                                 f"{list(dims)} (dim {i})", hint=_SHAPE_HINT)
+                raise EdgecError(f"{origin}: array '{name}' has shape {arr.shape}, input '{name}' wants "
+                                 f"{list(dims)} (dim {i})", hint=_layouts(dims))
     return [np.asarray(s, dtype=dtype) for s in samples]
+
+
+def _layouts(dims: tuple[int | str, ...]) -> str:
+    shape = ", ".join(str(d) for d in dims)
+    taken = [f"[N, {shape}]" if dims else "[N]", f"[{shape}]"]
+    if dims and (dims[0] == 1 or not isinstance(dims[0], int)) and len(dims) >= 2:
+        taken.insert(1, f"[N, {', '.join(str(d) for d in dims[1:])}]")
+    return f"arrays taken for this input: {' or '.join(taken)} (N samples)"
 
 
 def from_npz(path: Path, model: ir.Model) -> FeedSource:
@@ -136,13 +157,21 @@ def random_feeds(model: ir.Model, n: int, seed: int = 0) -> FeedSource:
         rng = np.random.default_rng(seed + i)
         feed = {}
         for name, dims, dt in specs:
-            if np.issubdtype(dt, np.floating):
-                feed[name] = rng.standard_normal(dims).astype(dt)  # type: ignore[arg-type]
-            else:
-                feed[name] = rng.integers(0, 2, size=dims).astype(dt)  # type: ignore[arg-type]
+            feed[name] = random_array(rng, dims, dt)  # type: ignore[arg-type]
         return feed
 
     return FeedSource(n, load, f"random ({n} samples)", synthetic=True)
+
+
+def random_array(rng: np.random.Generator, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Noise in the input's own dtype: normal for floats (bfloat16/float8 too), 0/1 for integers and
+    bools (safe as indices and counts), short words for strings."""
+    if dtype.kind == "O":
+        words = np.array(["a", "b", "edge", "onnx"], dtype=object)
+        return words[rng.integers(0, len(words), size=dims)]
+    if dtype.kind in "iub":
+        return rng.integers(0, 2, size=dims).astype(dtype)
+    return rng.standard_normal(dims).astype(dtype)
 
 
 def from_function(spec: str, model: ir.Model) -> FeedSource:

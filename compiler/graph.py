@@ -31,6 +31,33 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
+def feed_inputs(graph: ir.Graph) -> list[ir.Value]:
+    """The graph inputs a caller must feed: initializers listed as inputs have a value already.
+
+    Under IR < 4 they are constants (see ``initializer_inputs_to_constants``); from IR 4 on ONNX Runtime
+    lets a caller override them but does not require it, so sample data never needs them.
+    """
+    return [v for v in graph.inputs if not v.is_initializer()]
+
+
+def initializer_inputs_to_constants(model: ir.Model) -> bool:
+    """IR < 4: initializers listed among the graph inputs are constants; say so in IR 4 form.
+
+    IR version 3 made every initializer a graph input as well, and ONNX Runtime treats them as constants
+    there (it refuses a feed for one). Left as inputs, nothing downstream of a weight could be folded or
+    fused, and sample files would be asked for weights. They are dropped from the inputs and the model
+    becomes IR 4 (the first version where an initializer need not be an input): the same computation,
+    and a model later passes may add initializers to without breaking the IR-3 rule.
+    """
+    if model.ir_version >= 4:
+        return False
+    keep = feed_inputs(model.graph)
+    model.graph.inputs.clear()
+    model.graph.inputs.extend(keep)
+    model.ir_version = 4
+    return True
+
+
 def is_const(value: ir.Value | None) -> bool:
     return const_array(value) is not None
 
@@ -47,6 +74,11 @@ def only_consumer(value: ir.Value) -> ir.Node | None:
     """The single node reading ``value`` when nothing else (graph output included) reads it."""
     users = consumers(value)
     if len(users) != 1 or value.is_graph_output():
+        return None
+    # A reader inside an If/Loop/Scan body is out of reach: fusing it would pull a node out of its body.
+    producer = value.producer()
+    home = producer.graph if producer is not None else value.graph
+    if users[0].graph is not home:
         return None
     return users[0]
 
@@ -189,10 +221,55 @@ def opset_version(model: ir.Model) -> int:
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
 
 
-def infer_shapes(model: ir.Model) -> None:
-    """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks."""
+def infer_shapes(model: ir.Model, *, check_type: bool = False) -> bool:
+    """Fill in value shapes and types (ONNX shape inference, lenient) for matchers that need ranks.
+
+    Outputs of If/Loop/Scan and every value inside their subgraphs keep the shapes they had: inference
+    there merges branches (or loop iterations) that ONNX Runtime only ever runs one at a time, and a
+    shape written into the model is a claim ORT checks when it loads it. Passes leave subgraphs alone,
+    so they need no shapes there.
+    """
     from onnx_ir.passes import common
 
+    if _has_non_tensor_values(model.graph):
+        # onnx_ir merges an inferred seq(tensor(float)) as a float *tensor* type, which ORT then refuses
+        # ("Type (tensor(float)) of output arg (seq_1) does not match expected type"): models that
+        # build sequences or optionals keep every value as it was.
+        values = [*model.graph.inputs, *(o for n in model.graph.all_nodes() for o in n.outputs)]
+    else:
+        values = _control_flow_values(model.graph)
+    kept = [(v, v.shape, v.type) for v in values]
     # Shapes are a help for matching, never a requirement: a model inference cannot handle is fine.
+    changed = False
     with contextlib.suppress(Exception):
-        common.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        changed = common.ShapeInferencePass(check_type=check_type, strict_mode=False, data_prop=True)(model).modified
+    for v, shape, type_ in kept:
+        v.shape, v.type = shape, type_
+    return changed
+
+
+def _has_non_tensor_values(graph: ir.Graph) -> bool:
+    if any(v.type is not None and not isinstance(v.type, ir.TensorType) for v in [*graph.inputs, *graph.outputs]):
+        return True
+    return any(n.op_type.startswith(("Sequence", "Optional")) or n.op_type == "SplitToSequence"
+               for n in graph.all_nodes())
+
+
+def has_subgraphs(node: ir.Node) -> bool:
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+
+
+def _control_flow_values(graph: ir.Graph) -> list[ir.Value]:
+    """Outputs of nodes with subgraphs (If, Loop, Scan) and all values inside those subgraphs."""
+    out: list[ir.Value] = []
+    for node in graph:
+        if not has_subgraphs(node):
+            continue
+        out.extend(node.outputs)
+        for a in node.attributes.values():
+            subs = [a.value] if a.type == ir.AttributeType.GRAPH else list(a.value) if a.type == ir.AttributeType.GRAPHS else []
+            for sub in subs:
+                out.extend(sub.inputs)
+                for inner in sub.all_nodes() if hasattr(sub, "all_nodes") else sub:
+                    out.extend(inner.outputs)
+    return out

@@ -112,6 +112,12 @@ def _pooled(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
     names = list(reference[0]) if reference else []
     per: dict[str, dict[str, float | None]] = {}
     for name in names:
+        if not all(_numeric(r[name]) for r in reference):
+            # Strings, sequences, maps: no distance, only equal or not (0 or inf).
+            same = all(_same(r[name], c.get(name)) for r, c in zip(reference, candidate))
+            per[name] = {"max_abs": 0.0 if same else math.inf, "max_rel": 0.0 if same else math.inf,
+                         "sqnr_db": math.inf if same else -math.inf, "cosine": 1.0 if same else 0.0, "top1": None}
+            continue
         a = np.concatenate([np.asarray(r[name], dtype=np.float64).ravel() for r in reference])
         b = np.concatenate([np.asarray(c[name], dtype=np.float64).ravel() for c in candidate])
         if a.shape != b.shape:
@@ -140,6 +146,24 @@ def _pooled(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Drift:
                  top1=min(tops) if tops else None, worst_output=worst, per_output=per)
 
 
+def _numeric(x: object) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype.kind in "biufc" or np.isscalar(x) and not isinstance(x, str)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of outputs that have no numeric distance (string tensors, sequences, maps, None)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is None or b is None:
+        return a is b
+    x, y = np.asarray(a), np.asarray(b)
+    if x.dtype.kind in "biufc" and y.dtype.kind in "biufc":
+        return x.shape == y.shape and bool(np.allclose(x, y, equal_nan=True))
+    return x.shape == y.shape and bool(np.array_equal(x.astype(str), y.astype(str)))
+
+
 def _spread(d: Drift, reference: Sequence[Feed], candidate: Sequence[Feed], indices: list[int]) -> None:
     per = per_sample_sqnr(reference, candidate)
     d.samples = len(per)
@@ -153,6 +177,8 @@ def _spread(d: Drift, reference: Sequence[Feed], candidate: Sequence[Feed], indi
         d.worst_sample = indices[int(per.argmin())]
         d.below_10db = int(np.sum(per < COLLAPSE_DB))
     for name in reference[0]:
+        if not _numeric(reference[0][name]):
+            continue
         shape = tuple(np.shape(reference[0][name]))
         if not looks_like_logits(shape) or any(name not in c or tuple(np.shape(c[name])) != shape for c in candidate):
             continue
@@ -197,6 +223,8 @@ def per_sample_sqnr(reference: Sequence[Feed], candidate: Sequence[Feed]) -> np.
 
 
 def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    if not _numeric(reference):  # strings, sequences: equal (inf) or not (-inf)
+        return math.inf if _same(reference, candidate) else -math.inf
     a = np.asarray(reference, dtype=np.float64)
     noise = float(np.sum((a - np.asarray(candidate, dtype=np.float64)) ** 2))
     signal = float(np.sum(a**2))

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from edgec.errors import EdgecError
-from edgec.graph import opset_version
+from edgec.graph import initializer_inputs_to_constants, opset_version
 
 # A serialized proto cannot exceed 2 GiB; above this the model must live with external data.
 PROTO_LIMIT = 2**31 - 2**24
@@ -58,6 +58,7 @@ def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = No
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on malformed input
         raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}", hint="re-export the model") from None
     _negative_dims_are_dynamic(model)
+    initializer_inputs_to_constants(model)
     # External tensors are resolved relative to the model's folder, lazily (memory-mapped on use).
     for init in model.graph.initializers.values():
         tensor = init.const_value

@@ -61,27 +61,50 @@ def session(model: ir.Model | bytes | str | Path, *, threads: int = 2, optimizat
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def input_feed(sess: ort.InferenceSession, feed: Feed) -> Feed:
-    """Only the names the session takes, cast to the dtypes it wants."""
-    out = {}
+def input_feed(sess: ort.InferenceSession, feed: Feed) -> dict[str, object]:
+    """Only the names the session takes, each in the dtype the model declares for it.
+
+    Every ONNX tensor type is fed in its own dtype (strings as object arrays, uint16/32/64, int16,
+    bool, float16 ...). bfloat16 and the float8 types have no numpy dtype ONNX Runtime's Python API
+    accepts: they are passed as OrtValues built from their bits. Sequence/optional/map inputs are
+    passed as given (lists, None, dicts).
+    """
+    out: dict[str, object] = {}
     for meta in sess.get_inputs():
         if meta.name not in feed:
             raise EdgecError(f"sample data has no array for model input '{meta.name}'",
                              hint=f"arrays given: {', '.join(feed) or 'none'}")
-        arr = np.asarray(feed[meta.name], dtype=_np_type(meta.type))
+        if not meta.type.startswith("tensor("):
+            out[meta.name] = feed[meta.name]
+            continue
+        arr = np.asarray(feed[meta.name], dtype=np_type(meta.type))
         want = meta.shape
         if len(want) != arr.ndim or any(isinstance(w, int) and w >= 0 and w != g for w, g in zip(want, arr.shape)):
             raise EdgecError(f"sample input '{meta.name}' has shape {list(arr.shape)}; the model wants {list(want)}",
                              hint="check --calib/--samples (or pin dynamic dims with --shape)")
-        out[meta.name] = arr
+        elem = _BIT_TYPES.get(meta.type)
+        if elem is not None:
+            bits = np.ascontiguousarray(arr).view(np.uint8 if arr.dtype.itemsize == 1 else np.uint16)
+            out[meta.name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, elem)
+        else:
+            out[meta.name] = arr
     return out
 
 
-def _np_type(ort_type: str) -> np.dtype:
-    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-             "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-    return np.dtype(table.get(ort_type, np.float32))
+# ONNX Runtime's names for tensor element types -> ONNX's element type numbers (onnx.TensorProto).
+_ELEM = {"float": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6, "int64": 7, "string": 8,
+         "bool": 9, "float16": 10, "double": 11, "uint32": 12, "uint64": 13, "bfloat16": 16,
+         "float8e4m3fn": 17, "float8e4m3fnuz": 18, "float8e5m2": 19, "float8e5m2fnuz": 20}
+# Types whose numpy form (ml_dtypes) ORT's Python API does not take: fed as OrtValues of their bits.
+_BIT_TYPES = {f"tensor({k})": v for k, v in _ELEM.items() if v >= 16}
+
+
+def np_type(ort_type: str) -> np.dtype:
+    """The numpy dtype of an ORT tensor type string (``tensor(uint16)`` -> uint16, strings -> object)."""
+    elem = _ELEM.get(ort_type[len("tensor("):-1]) if ort_type.startswith("tensor(") else None
+    if elem is None:
+        return np.dtype(np.float32)
+    return np.dtype(ir.DataType(elem).numpy())
 
 
 def run(sess: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
@@ -96,13 +119,13 @@ def run(sess: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
 def time_session(sess: ort.InferenceSession, feed: Feed, *, runs: int = 30, warmup: int = 5) -> dict[str, float]:
     """Median and spread of wall time per run in milliseconds."""
     names = [o.name for o in sess.get_outputs()]
-    feed = input_feed(sess, feed)
+    fed = input_feed(sess, feed)
     for _ in range(warmup):
-        sess.run(names, feed)
+        sess.run(names, fed)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(names, feed)
+        sess.run(names, fed)
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return {"median_ms": statistics.median(times), "p10_ms": times[len(times) // 10],

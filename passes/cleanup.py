@@ -20,6 +20,7 @@ from edgec.graph import (
     const_array,
     consumers,
     infer_shapes,
+    initializer_inputs_to_constants,
     static_shape,
 )
 from edgec.pass_infra import Pass, PassContext, register
@@ -30,7 +31,9 @@ class LiftConstants(Pass):
     """Constant / ConstantOfShape nodes and initializers listed as graph inputs become initializers."""
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        changed = common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
+        # IR < 4 requires every initializer to be an input: lifting first would write an invalid model.
+        changed = initializer_inputs_to_constants(model)
+        changed |= common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
         names = NameSource(model.graph)
         for node in [n for n in model.graph if n.op_type == "ConstantOfShape" and n.domain in ("", "ai.onnx")]:
             shape = const_array(node.inputs[0])
@@ -82,8 +85,9 @@ class FoldConstants(Pass):
         names = NameSource(graph)
         opset = model.opset_imports.get("", 13)
         changed = False
+        keep = _if_condition_cone(graph)
         for node in list(graph):
-            if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD:
+            if node.domain not in ("", "ai.onnx") or node.op_type in _NO_FOLD or id(node) in keep:
                 continue
             if any(o.is_graph_output() for o in node.outputs):
                 continue
@@ -115,6 +119,24 @@ class FoldConstants(Pass):
             return [np.array(int(np.prod(shape)), dtype=np.int64)]
         start, end = attr(node, "start", 0), attr(node, "end", None)
         return [np.array(shape[start:end], dtype=np.int64)]
+
+
+def _if_condition_cone(graph: ir.Graph) -> set[int]:
+    """Nodes an If's condition depends on: they are never folded.
+
+    ONNX Runtime inlines the branch of an If whose condition is a constant, and an inlined branch can
+    fail ORT's inference where the If ran fine (AffineGrid's expanded body passes the [1]-shaped pieces
+    of a Split to Range, which then demands scalars). A condition left computed keeps the If an If.
+    """
+    cone: set[int] = set()
+    stack = [n.inputs[0] for n in graph if n.op_type == "If" and n.inputs and n.inputs[0] is not None]
+    while stack:
+        producer = stack.pop().producer()
+        if producer is None or id(producer) in cone or producer.graph is not graph:
+            continue
+        cone.add(id(producer))
+        stack.extend(v for v in producer.inputs if v is not None)
+    return cone
 
 
 def _evaluate(node: ir.Node, arrays: list[np.ndarray | None], opset: int) -> list[np.ndarray] | None:
@@ -180,4 +202,5 @@ class InferShapes(Pass):
     """Run ONNX shape inference (with data propagation) and keep every inferred shape and type."""
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        return common.ShapeInferencePass(check_type=True, strict_mode=False, data_prop=True)(model).modified
+        # Shapes around If/Loop/Scan are kept as they were (see edgec.graph.infer_shapes).
+        return infer_shapes(model, check_type=True)

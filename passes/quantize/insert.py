@@ -89,6 +89,10 @@ class Quantize(Pass):
         bits = scheme.weight_bits
         infer_shapes(model)
         _name_values(model.graph)
+        inner = sum(1 for _ in model.graph.all_nodes()) - len(model.graph)
+        if inner:  # placement and calibration see the main graph only
+            ctx.details["float_in_subgraphs"] = inner
+            ctx.warn(f"{inner} nodes inside If/Loop/Scan bodies stay float (quantize rewrites the main graph only)")
         # The float model as it would ship (HardSwish still one op): what int8 must beat in speed. The
         # decomposed form below is slower in float (PP-LCNet 8.7 vs 4.8 ms) and would flatter int8.
         shipped = model_io.to_bytes(model) if ctx.samples else None
