@@ -24,7 +24,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,11 +32,6 @@ from typing import Any
 
 from edgec import targets
 from edgec.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EXIT_USER, EdgecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 STAMP = "build.json"
 MODEL_KEYS = {"path", "factory", "shape", "calib", "samples", "shapes", "targets", "options"}
@@ -74,12 +68,7 @@ class Manifest:
 
 def load_manifest(path: str | os.PathLike) -> Manifest:
     p = Path(path)
-    try:
-        table = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise EdgecError(f"{p}: no such manifest") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise EdgecError(f"{p}: not valid TOML ({exc})") from None
+    table = targets.read_toml(p, str(p))
     root = p.resolve().parent
     _unknown(table, TOP_KEYS, str(p))
     models = table.get("models")

@@ -163,6 +163,16 @@ def stage(name: str) -> tuple[str, ...]:
     return tuple(stages[name])
 
 
+def read_toml(p: Path, label: str) -> dict[str, Any]:
+    """A user's TOML file (``label`` names it in errors: one line, exit 2)."""
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise EdgecError(f"{label}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgecError(f"{label}: not valid TOML ({exc})", hint="fix the TOML at that line") from None
+
+
 def builtin() -> dict[str, Target]:
     return _parse(_builtin_table(), "targets.toml")
 
@@ -170,12 +180,7 @@ def builtin() -> dict[str, Target]:
 def load_file(path: str | Path) -> dict[str, Target]:
     """The targets of a user file; it may use the built-in stages and extend the built-in targets."""
     p = Path(path)
-    try:
-        table = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise EdgecError(f"--target-file {p}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise EdgecError(f"--target-file {p}: not valid TOML ({exc})", hint="fix the TOML at that line") from None
+    table = read_toml(p, f"--target-file {p}")
     base_table = _builtin_table()
     return _parse(table, str(p), builtin(), base_table.get(STAGES, {}))
 
