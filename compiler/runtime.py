@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,25 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def interleaved_medians(calls: Sequence[Callable[[], object]], runs: int = 40, warmup: int = 5) -> list[float]:
+    """Median ms of each call over ``runs`` runs taken in turn (any runtime: ORT sessions, LiteRT invokes).
+
+    The order flips every run (a b, b a, ...): measured with two identical models under load, the one run
+    first each time came out ~15 % slower, a position bias that a fixed order would book on one side.
+    """
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    times: list[list[float]] = [[] for _ in calls]
+    for i in range(runs):
+        order = range(len(calls)) if i % 2 == 0 else reversed(range(len(calls)))
+        for j in order:
+            start = time.perf_counter()
+            calls[j]()
+            times[j].append(1e3 * (time.perf_counter() - start))
+    return [float(np.median(t)) for t in times]
 
 
 def host_int8_dot() -> bool:

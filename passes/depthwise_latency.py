@@ -9,7 +9,6 @@ alike), medians of the per-run times.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,19 +26,8 @@ def interleaved_ms(sessions: Sequence[ort.InferenceSession], feed: dict[str, np.
                    warmup: int = 5) -> list[float]:
     """Median ms of each session over ``runs`` runs taken in turn."""
     feeds = [runtime.input_feed(s, feed) for s in sessions]
-    for _ in range(warmup):
-        for s, f in zip(sessions, feeds):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for i in range(runs):
-        # The order flips every run (a b, b a, ...): measured with two identical models under load, the one
-        # run first each time came out ~15 % slower, a position bias that fixed order would book on one side.
-        order = range(len(sessions)) if i % 2 == 0 else reversed(range(len(sessions)))
-        for j in order:
-            start = time.perf_counter()
-            sessions[j].run(None, feeds[j])
-            times[j].append(1e3 * (time.perf_counter() - start))
-    return [float(np.median(t)) for t in times]
+    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+    return runtime.interleaved_medians(calls, runs=runs, warmup=warmup)
 
 
 def time_pair(layer: Layer, dw: np.ndarray, pw: np.ndarray, runs: int = 40, threads: int = 2,

@@ -8,12 +8,13 @@ target is LiteRT's, at the target's thread count.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+
+from edgec import runtime
 
 RUNTIME = "LiteRT (XNNPACK)"
 
@@ -30,15 +31,4 @@ def layer_timer(models: Sequence[bytes], feed: dict[str, np.ndarray], runs: int 
         lite = LiteRTModel(flat, model, threads=threads)
         lite.set_inputs(feed)
         lites.append(lite)
-    for _ in range(warmup):
-        for lite in lites:
-            lite.interp.invoke()
-    times: list[list[float]] = [[] for _ in lites]
-    for i in range(runs):
-        # alternate the order so a position bias under load is booked on both sides alike
-        order = range(len(lites)) if i % 2 == 0 else reversed(range(len(lites)))
-        for j in order:
-            start = time.perf_counter()
-            lites[j].interp.invoke()
-            times[j].append(1e3 * (time.perf_counter() - start))
-    return [float(np.median(t)) for t in times]
+    return runtime.interleaved_medians([lite.interp.invoke for lite in lites], runs=runs, warmup=warmup)
