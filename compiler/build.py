@@ -333,13 +333,10 @@ def write_index(out: Path, rows: list[dict[str, Any]]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "index.json").write_text(json.dumps(rows, indent=1, default=str))
     cells = "".join(
-        f"<tr class='{html.escape(r['status'])}'><td>{html.escape(r['model'])}</td><td>{html.escape(r['target'])}</td>"
-        f"<td>{html.escape(r['status'])}</td><td>{_fmt(r.get('bytes'), '{:,}')}</td>"
-        f"<td>{_fmt(r.get('latency_ms'), '{:.3f}')}</td><td>{_fmt(r.get('sqnr_db'), '{:.1f}')}</td>"
-        f"<td>{_fmt(r.get('seconds'), '{:.1f}')}</td><td>"
-        + (f"<a href='{html.escape(r['model'])}/{html.escape(r['target'])}/report.html'>report</a>"
-           if r["status"] != "failed" else html.escape(r.get("error", ""))) + "</td></tr>"
-        for r in rows)
+        f"<tr class='{html.escape(r['status'])}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row[:7])
+        + "<td>" + (f"<a href='{html.escape(r['model'])}/{html.escape(r['target'])}/report.html'>report</a>"
+                    if r["status"] != "failed" else html.escape(row[7])) + "</td></tr>"
+        for r, row in zip(rows, iter_rows(rows)))
     (out / "index.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>edgec build</title><style>body{font:14px sans-serif}"
         "td,th{padding:2px 8px;text-align:left}.failed{color:#b00}</style><h1>edgec build</h1><table>"
