@@ -33,6 +33,7 @@ from edgec import calib, metrics, model_io, runtime, targets
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import Feed
+from edgec.passes.quantize.rules import RULES
 from edgec.sensitivity import (
     Evaluator,
     MetricFn,
@@ -234,7 +235,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     base = measure("int8", [], [], [])
     _, details = q((), ())
     wide: list[str] = []
-    if not base.meets and a16 and tgt.scheme.get("placement", "ort") == "ort":
+    if not base.meets and a16 and RULES[tgt.scheme.get("placement", "ort")].a16:  # the runtime runs 16-bit Q/DQ
         acts = sorted((r for r in details.get("layers", []) if r.get("kind") == "activation"),
                       key=lambda r: r.get("expected_sqnr_db") if r.get("expected_sqnr_db") is not None else math.inf)
         # "The few tensors that need them": at most ``a16_max`` of the quantized tensors go 16-bit (ORT runs a

@@ -67,7 +67,7 @@ class Quantize(Pass):
         share = bool(ctx.options.get("share_concat", True))
         # A16W8 (mixed precision): these nodes' quantized tensors take 16-bit activations; ORT runs them
         # with com.microsoft Q/DQ (uint16/int16), the other runtimes' converters would not read them.
-        wide = _as_list(ctx.options.get("a16")) if scheme.placement == "ort" else []
+        wide = _as_list(ctx.options.get("a16")) if scheme.rules.a16 else []
         bits = scheme.weight_bits
         infer_shapes(model)
         name_values(model.graph)
@@ -80,7 +80,8 @@ class Quantize(Pass):
         shipped = model_io.to_bytes(model) if ctx.samples else None
         if shipped is not None:
             ctx.cache["fp32_model"] = shipped
-        decompose = scheme.placement == "ort" and ctx.options.get("int8_hardswish", True) and "HardSwish" not in exclude
+        decompose = scheme.rules.decompose_hard_activations and \
+            ctx.options.get("int8_hardswish", True) and "HardSwish" not in exclude
         if fallback == ["auto"]:
             trial = model_io.from_proto(onnx.ModelProto.FromString(shipped)) if shipped is not None else model
             if decompose and shipped is not None:
