@@ -2,7 +2,8 @@
 
 Data, read by both sides of the quantization room: placement.py BUILDS a model to a table (where Q/DQ
 pairs go, which tensors share one scale), backends/tensorrt_lint.py CHECKS any model against the TensorRT
-table (ours or a QAT export). The target's scheme names its table (targets.toml ``placement = "ort"``,
+table (ours or a QAT export), and the TFLite converter takes its kernels' fixed Sigmoid/Softmax output
+range from the TFLite table. The target's scheme names its table (targets.toml ``placement = "ort"``,
 ``QuantScheme.rules``), so a rule is written once, here, and a new runtime is one more table.
 
 ort       ONNX Runtime CPU QDQ fusions (onnxruntime/core/optimizer/qdq_transformer/selectors_actions/
