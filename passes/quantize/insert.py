@@ -2,8 +2,9 @@
 ranges.py derived; weights and biases are quantized here.
 
 Weights: int8, symmetric, per output channel (the axis is rules.weight_axis: Conv 0, ConvTranspose 1,
-Gemm 0 if transB else 1, MatMul the last), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x; the width
-(7 or 8 bits) is the scheme's ``weight_bits``.
+Gemm 0 if transB else 1, MatMul the last), stored as int8 initializers read through a DequantizeLinear,
+so the file shrinks ~4x; the width (7 or 8 bits) is the scheme's ``weight_bits``. Where a runtime wants
+explicit zero points and which biases stay float in the file: the scheme's rule table (rules.py).
 Bias (scheme bias=int32): int32 with scale = s_in * s_w per channel, zero point 0, which is exactly what
 ONNX Runtime's QLinearConv/QGemm fusions expect; optionally bias-corrected for the expected shift the
 weight rounding causes (Nagel et al. 2019), from per-channel input means collected in the same pass.
