@@ -342,8 +342,9 @@ class SplitHardSigmoid(_SplitHard):
 
 
 def split_rules(graph: ir.Graph, keep: Iterable[str] = ()) -> RewriteRuleSet:
-    args = (graph, NameSource(graph), set(keep), {})
-    return RewriteRuleSet([SplitHardSwish.rule(*args), SplitHardSigmoid.rule(*args)])
+    shared: dict[tuple[str, float], ir.Value] = {}  # one constant pool (and NameSource) for both rules
+    names, kept = NameSource(graph), set(keep)
+    return RewriteRuleSet([cls.rule(graph, names, kept, shared) for cls in (SplitHardSwish, SplitHardSigmoid)])
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -414,5 +415,5 @@ def prune(graph: ir.Graph, values: list[ir.Value]) -> None:
                 and not any(o.uses() or o.is_graph_output() for o in p.outputs):
             todo.extend(i for i in p.inputs if i is not None)
             graph.remove(p, safe=True)
-        elif v.is_initializer() and not v.is_graph_input() and v.name in graph.initializers:
+        elif v.is_initializer() and not v.is_graph_input() and v.name is not None and v.name in graph.initializers:
             del graph.initializers[v.name]
