@@ -50,10 +50,11 @@ class TfliteHardSwish(Pass):
 
 @register("tflite-gelu", exact=True)
 class TfliteGelu(Pass):
-    """TFLite legalize: the erf GELU chain x * 0.5 * (1 + erf(x / sqrt 2)) becomes one Gelu (-> GELU).
+    """TFLite legalize: the erf and tanh GELU chains PyTorch exports become one Gelu (-> GELU).
 
     PyTorch exports ``nn.GELU()`` as ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``; the 0.5 may also
-    sit on the other product (``Mul(x, Mul(1 + erf, 0.5))``). In a QDQ graph the Q -> DQ pairs between the
+    sit on the other product (``Mul(x, Mul(1 + erf, 0.5))``). ``GELU(approximate="tanh")`` becomes
+    ``Gelu(approximate="tanh")`` (TFLite's GELU with its approximate flag). In a QDQ graph the Q -> DQ pairs between the
     nodes go too: TFLite's int8 GELU is one lookup table from the input's to the output's quantization,
     so the intermediate roundings never happen in the artifact, and the ONNX graph now says so. That
     changes the QDQ graph's outputs (it rounds less), so the pass is exact only when it removed no Q/DQ.
@@ -73,12 +74,12 @@ class TfliteGelu(Pass):
         if ctx.scheme.get("precision") == "int8" and not any(n.op_type == "QuantizeLinear" for n in g):
             ctx.details["skipped"] = "int8 target, float graph: fused after quantize"
             return False
-        if not patterns.matches(g, patterns.gelu_rules(NameSource(g))):
+        if not patterns.matches(g, patterns.gelu_rules(NameSource(g), g)):
             return False
         upgraded = raise_opset(model, 20, ctx)
         g = model.graph
         # At the chain's first node, where the writer used to emit GELU: the op order stays the same.
-        done = patterns.apply(g, patterns.gelu_rules(NameSource(g)), at="first")
+        done = patterns.apply(g, patterns.gelu_rules(NameSource(g), g), at="first")
         fused = []
         for r in done:
             patterns.prune(g, r.loose)

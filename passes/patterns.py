@@ -7,11 +7,11 @@ pattern cannot say, a ``rewrite``):
   ``Mul(m, 1/6)``, and the division before the product, ``Mul(x, Div(c, 6))`` / ``Mul(x, Mul(c, 1/6))``),
   and ``x * HardSigmoid(x; 1/6, 1/2)``: one ``HardSwish`` (opset 14+), or ``x * HardSigmoid(x)`` on older
   opsets. Used by fuse-activation (every target) and tflite-hardswish.
-- The erf GELU ``x * 0.5 * (1 + erf(x / sqrt 2))`` (the 0.5 on either product), with or without a
-  QuantizeLinear -> DequantizeLinear pair on each edge of the chain (a QDQ graph): one ``Gelu``. Used by
-  tflite-gelu. The tanh GELU has no rule: no exporter edgec meets writes it (PyTorch's
-  ``GELU(approximate="tanh")`` exports as a plain Gelu on opset 20), and ``Gelu`` without the
-  ``approximate="tanh"`` attribute would not be exact for it.
+- GELU (Hendrycks & Gimpel 2016), as PyTorch exports it below opset 20: the erf form
+  ``x * 0.5 * (1 + erf(x / sqrt 2))`` and the tanh form
+  ``x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`` (the 0.5 on either product, x^3 as
+  ``x * (x * x)`` or ``Pow(x, 3)``), each with or without a QuantizeLinear -> DequantizeLinear pair on every
+  edge of the chain (a QDQ graph): one ``Gelu`` (``approximate="tanh"`` for the second). Used by tflite-gelu.
 - The inverse, ``HardSwish`` / ``HardSigmoid`` -> ``Add -> Clip (-> Mul x) -> Mul(a)``, the split form
   ONNX Runtime runs in int8 (passes/quantize/decompose.py says why).
 
@@ -36,6 +36,7 @@ weight update in a node swap.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -221,10 +222,17 @@ def hardswish_rules(names: Names, one_op: bool) -> RewriteRuleSet:
 
 
 # ------------------------------------------------------------------------------------------------ GELU
+_EDGES = itertools.count()
+
+
 def _edge(op: Any, v: Any) -> Any:
-    """``v`` as the next op reads it: directly, or through a QuantizeLinear -> DequantizeLinear pair."""
+    """``v`` as the next op reads it: directly, or through a QuantizeLinear -> DequantizeLinear pair.
+
+    Each choice gets its own tag variable: onnxscript 0.7 cannot copy (commute) an untagged choice
+    whose alternatives are not told apart by their op type."""
     q = op.QuantizeLinear(v, _allow_other_inputs=True, _allow_other_attributes=True)
-    return pattern.OrValue([op.DequantizeLinear(q, _allow_other_inputs=True, _allow_other_attributes=True), v])
+    dq = op.DequantizeLinear(q, _allow_other_inputs=True, _allow_other_attributes=True)
+    return pattern.OrValue([dq, v], tag_var=f"edge{next(_EDGES)}")
 
 
 class _GeluRule(pattern.RewriteRuleClassBase):
@@ -271,8 +279,45 @@ class GeluMul(_GeluRule):
         return self._chain(op, op.Mul(x, c, _outputs=["scaled"]), a, b, one)
 
 
-def gelu_rules(names: Names) -> RewriteRuleSet:
-    return RewriteRuleSet([GeluDiv.rule(names), GeluMul.rule(names)], commute=True)
+class GeluTanh(_GeluRule):
+    """x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))), as PyTorch exports GELU(approximate="tanh")."""
+
+    def pattern(self, op: Any, x: ir.Value, x2: ir.Value, x3: ir.Value, x4: ir.Value, k: ir.Value,
+                c: ir.Value, one: ir.Value, a: ir.Value, b: ir.Value, p: ir.Value) -> Any:
+        cube = pattern.OrValue([op.Mul(x2, _edge(op, op.Mul(x, x3)), _outputs=["cube"]),
+                                op.Pow(x, p, _outputs=["cube"])])
+        inner = op.Add(x4, _edge(op, op.Mul(k, _edge(op, cube))))
+        t = op.Tanh(_edge(op, op.Mul(c, _edge(op, inner))))
+        return op.Mul(_edge(op, op.Mul(_edge(op, op.Add(_edge(op, t), one)), a)), b)
+
+    def check(self, op: Any, x: ir.Value, c: ir.Value, one: ir.Value, a: ir.Value, b: ir.Value,  # type: ignore[override]
+              x4: ir.Value, k: ir.Value, cube: ir.Value, x2: ir.Value | None = None, x3: ir.Value | None = None,
+              p: ir.Value | None = None, **_: Any) -> MatchResult:
+        if not const_is(c, math.sqrt(2.0 / math.pi)) or not const_is(k, 0.044715) or not const_is(one, 1.0):
+            return _fail("not tanh(sqrt(2/pi) * (x + 0.044715 x^3)) + 1")
+        if p is not None and not const_is(p, 3.0):
+            return _fail("not x^3")
+        if any(root(v) is not root(x) for v in (x2, x3, x4) if v is not None) or dequantized(x) is not None:
+            return _fail("not one tensor x")
+        if x.dtype not in (None, ir.DataType.FLOAT):
+            return _fail("x is not float32")
+        if not ((root(a) is root(x) and const_is(b, 0.5)) or (const_is(a, 0.5) and root(b) is root(x))):
+            return _fail("not x * 0.5 * (.)")
+        return MatchResult()
+
+    def rewrite(self, op: Any, x: ir.Value, cube: ir.Value, **_: Any) -> ir.Value:  # type: ignore[override]
+        first = cube.producer()  # x * (x * x) or Pow(x, 3): where the chain starts
+        name = (first.name if first is not None else None) or "gelu"
+        return op.Gelu(x, approximate="tanh", _name=self.names(f"{name}_gelu"))
+
+
+def gelu_rules(names: Names, graph: ir.Graph | None = None) -> RewriteRuleSet | list[RewriteRule]:
+    """The GELU forms; with ``graph``, only those whose Erf / Tanh it has (the tanh form's eight
+    commutative ops make 256 pattern variants, tried at every Mul: 3 s on a small transformer)."""
+    present = {n.op_type for n in graph} if graph is not None else {"Erf", "Tanh"}
+    rules = ([GeluDiv.rule(names), GeluMul.rule(names)] if "Erf" in present else []) + \
+        ([GeluTanh.rule(names)] if "Tanh" in present else [])
+    return RewriteRuleSet(rules, commute=True) if rules else []
 
 
 # ------------------------------------------------------------------------------ HardSwish split for int8

@@ -48,7 +48,7 @@ def hardswish(model: ir.Model, one_op: bool = True) -> list[patterns.Rewrite]:
 
 
 def gelu(model: ir.Model) -> list[patterns.Rewrite]:
-    return patterns.apply(model.graph, patterns.gelu_rules(NameSource(model.graph)), at="first")
+    return patterns.apply(model.graph, patterns.gelu_rules(NameSource(model.graph), model.graph), at="first")
 
 
 def spelled_hardswish(x, three=3.0, six=6.0):
@@ -143,8 +143,42 @@ def test_gelu_rule_fuses_nn_gelu_export():
 def test_gelu_near_misses_stay(fn):
     model = export(fn, opset=17)
     before = ops(model)
-    assert not patterns.matches(model.graph, patterns.gelu_rules(NameSource(model.graph)))
+    assert not patterns.matches(model.graph, patterns.gelu_rules(NameSource(model.graph), model.graph))
     assert gelu(model) == [] and ops(model) == before
+
+
+def spelled_tanh_gelu(x, k=0.044715):
+    return x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + k * x ** 3))) * 0.5  # x^3 as Pow
+
+
+@pytest.mark.parametrize("fn,n_ops", [(lambda x: torch.nn.functional.gelu(x, approximate="tanh"), 9),
+                                      (spelled_tanh_gelu, 8)])
+def test_tanh_gelu_rule_fuses_the_exports(fn, n_ops):
+    model = export(fn, opset=17)
+    ref = outputs(model, feeds())
+    model.opset_imports[""] = 20
+    done = gelu(model)
+    assert len(done) == 1 and len(done[0].old) == n_ops and ops(model) == ["Gelu"]
+    assert next(n for n in model.graph if n.op_type == "Gelu").attributes["approximate"].value == "tanh"
+    assert_close(ref, outputs(model, feeds()))
+    # 0.044 instead of 0.044715: another function, left alone.
+    miss = export(lambda x: spelled_tanh_gelu(x, k=0.044), opset=17)
+    before = ops(miss)
+    assert gelu(miss) == [] and ops(miss) == before
+
+
+def test_tanh_gelu_through_the_tflite_pipeline(tmp_path):
+    """tflite-fp32 end to end: one GELU (approximate) in the flatbuffer, LiteRT within 1e-4 of ORT."""
+    import edgec
+
+    path = tmp_path / "g.onnx"
+    ir.save(export(lambda x: torch.nn.functional.gelu(x, approximate="tanh") * 2, opset=17), path)
+    res = edgec.compile(path, target="tflite-fp32", calib=feeds(4), out_dir=tmp_path / "o",
+                        options={"bench_runs": 0})
+    rec = {r.name: r for r in res.records}["tflite-gelu"]
+    assert rec.changed and rec.exact and rec.status == "ok"
+    assert res.artifacts.figures["ops"].get("GELU") == 1 and "TANH" not in res.artifacts.figures["ops"]
+    assert res.artifacts.figures["drift_vs_input"]["max_rel"] <= 1e-4
 
 
 def test_gelu_intermediate_read_elsewhere_stays():
