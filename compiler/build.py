@@ -28,10 +28,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgec import targets
 from edgec.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EXIT_USER, EdgecError
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Self
+    from typing_extensions import Self
 
 STAMP = "build.json"
 MODEL_KEYS = {"path", "factory", "shape", "calib", "samples", "shapes", "targets", "options"}
@@ -324,7 +327,7 @@ class Executor:
         self._ref: Any = None
         self._ray: Any = None
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Self:
         if self.use_ray:
             try:
                 import ray
@@ -342,9 +345,10 @@ class Executor:
                 self._ref = ray.put(self.shared)
         elif self.jobs > 1:
             # spawn: forking a process that already holds ONNX Runtime's thread pools is not safe
-            init = (_set_shared, (self.shared,)) if self.shared is not _NO_SHARED else (None, ())
+            # the shared object goes to each worker once (its initializer), not with every call
             self.pool = concurrent.futures.ProcessPoolExecutor(
-                self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=init[0], initargs=init[1])
+                self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_set_shared,
+                initargs=(self.shared,))
             self.width = self.jobs
         return self
 

@@ -16,13 +16,16 @@ import dataclasses
 import pickle
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgec import runtime
 from edgec.build import Executor
 from edgec.errors import EdgecError
 from edgec.pass_infra import Feed
 from edgec.sensitivity import Evaluator, MetricFn, Quantizer, Score
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Self
+    from typing_extensions import Self
 
 Config = tuple[Sequence[str], Sequence[str]]  # (exclude: node names kept float, wide: 16-bit tensors)
 
@@ -91,7 +94,7 @@ class Pool:
     def parallel(self) -> bool:
         return self.jobs > 1 or self.use_ray
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         metric: str | MetricFn = self.ev.fn if self.ev.fn is not None else self.ev.metric_name
         if self.parallel and callable(metric):
             try:
