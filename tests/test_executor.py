@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from edgec import model_io, targets
 from edgec import mixed_precision as MP
+from edgec import model_io, targets
 from edgec import sensitivity as S
 from edgec.cli import main as cli
 from edgec.errors import EdgecError
