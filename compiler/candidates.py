@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgec import runtime
@@ -114,9 +114,13 @@ class Pool:
     def width(self) -> int:
         return self.executor.width if self.executor is not None else 1
 
-    def map(self, configs: Sequence[Config], want_model: bool = False) -> list[Outcome]:
+    def submit(self, configs: Sequence[Config], want_model: bool = False) -> list[Callable[[], Outcome]]:
+        """Start every configuration now; each callable returns its outcome (in-process: computes it then)."""
         assert self.executor is not None, "use Pool as a context manager"
-        return self.executor.map(evaluate, [(list(ex), list(wide), want_model) for ex, wide in configs])
+        return [self.executor.submit(evaluate, list(ex), list(wide), want_model) for ex, wide in configs]
+
+    def map(self, configs: Sequence[Config], want_model: bool = False) -> list[Outcome]:
+        return [get() for get in self.submit(configs, want_model)]
 
     def __exit__(self, *exc: object) -> None:
         _LIVE.pop(self.token, None)

@@ -113,6 +113,7 @@ class Quantizer:
         self.fixed: dict[str, Any] = {}  # calib_method / bias_correction chosen on the all-int8 model
         # Searches revisit configurations (the analysis's all-but-one runs are the search's first steps).
         self._memo: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[bytes, dict[str, Any]]] = {}
+        self.remember = True  # a worker's copy (from_state) sees each configuration once: no memo
 
     def state(self) -> dict[str, Any]:
         """What a worker needs to quantize exactly as this object does, as plain data (no models, no paths):
@@ -128,7 +129,7 @@ class Quantizer:
         q = cls.__new__(cls)
         q.float_bytes, q.scheme, q.feeds = state["float_bytes"], dict(state["scheme"]), list(state["feeds"])
         q.options, q.passes, q.kind = dict(state["options"]), tuple(state["passes"]), "quantize pass"
-        q.cache, q.fixed, q._memo = dict(state["cache"]), dict(state["fixed"]), {}
+        q.cache, q.fixed, q._memo, q.remember = dict(state["cache"]), dict(state["fixed"]), {}, False
         return q
 
     def float_model(self) -> ir.Model:
@@ -140,7 +141,8 @@ class Quantizer:
         key = (ex, tuple(sorted(set(wide) - set(ex))))
         if key not in self._memo:
             model, details = self._quantize(list(key[0]), list(key[1]))
-            self._memo[key] = (model_io.to_bytes(model), details)
+            if self.remember:
+                self._memo[key] = (model_io.to_bytes(model), details)
             return model, details
         data, details = self._memo[key]
         return model_io.from_proto(onnx.ModelProto.FromString(data)), dict(details)
@@ -372,11 +374,12 @@ def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Fe
         configs.append(([x for n in all_layers if n != name for x in units[n] if x not in units[name]], []))
         configs.append((units[name], []))
     with Pool(q, ev, jobs=jobs, use_ray=use_ray, address=ray_address) as pool:
+        pending = pool.submit(configs)  # all at once: the executor keeps its workers busy
         outcomes = []
-        for start in range(0, len(configs), 2 * pool.width):  # a window at a time, for the progress line
-            outcomes += pool.map(configs[start:start + 2 * pool.width])
+        for i in range(len(todo)):
+            outcomes += [pending[2 * i](), pending[2 * i + 1]()]
             if progress:
-                progress(len(outcomes) // 2, len(todo))
+                progress(i + 1, len(todo))
     for i, name in enumerate(todo):
         s_only, s_but = outcomes[2 * i].score, outcomes[2 * i + 1].score
         w = const_array(ops[name].inputs[1]) if len(ops[name].inputs) > 1 else None

@@ -50,7 +50,7 @@ def test_split_pipeline_from_stages(tmp_path: Path) -> None:
 
 
 def test_sensitivity_cli_same_json_serial_and_two_processes(tmp_path: Path) -> None:
-    args = ["sensitivity", str(DIGITS), "--calib", str(NPZ), "--limit", "24", "-q"]
+    args = ["sensitivity", str(DIGITS), "--calib", str(NPZ), "--limit", "16", "-q"]
     assert cli([*args, "-o", str(tmp_path / "serial")]) == 0
     assert cli([*args, "-o", str(tmp_path / "pool"), "-j", "2"]) == 0
     serial = (tmp_path / "serial" / "sensitivity.json").read_bytes()
