@@ -42,6 +42,7 @@ class Bench:
     budget_on: str
     check_feeds: list[Feed]  # calibration feeds the search's acceptance rule is judged on ([] for none)
     check_reference: list[Feed]
+    threads: int = 2  # ONNX Runtime threads per scoring session (1 when several workers share the cores)
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ def evaluate(bench: Bench, exclude: Sequence[str], wide: Sequence[str], want_mod
     from edgec import model_io
 
     data = model_io.to_bytes(model)
-    sess = runtime.session(data, optimization="basic")  # one session for both feed sets
+    sess = runtime.session(data, optimization="basic", threads=bench.threads)  # one session, both feed sets
     check = cev.score(data, sess).sqnr_db if cev is not None else None
     return Outcome(ev.score(data, sess), check, len(data), data if want_model else None)
 
@@ -103,8 +104,11 @@ class Pool:
                 raise EdgecError("a metric given as a local Python function cannot be sent to worker processes",
                                  hint="give it as module:function, or run with jobs=1") from None
         q = self.q
+        # Parallel workers score with one ORT thread each: N workers x 2 threads on N cores measure nothing
+        # faster and oversubscribe the machine (the outputs do not depend on the thread count; tested).
         bench = Bench(self.token, q.state(), self.ev.feeds, self.ev.reference, metric, self.ev.budget_on,
-                      self.cev.feeds if self.cev else [], self.cev.reference if self.cev else [])
+                      self.cev.feeds if self.cev else [], self.cev.reference if self.cev else [],
+                      threads=1 if self.parallel else 2)
         if not self.parallel:
             _LIVE[self.token] = (q, self.ev, self.cev)
         self.executor = Executor(self.jobs, self.use_ray, self.address, shared=bench).__enter__()
