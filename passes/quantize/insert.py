@@ -36,6 +36,7 @@ from edgec import calib, model_io, runtime
 from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, const_array, infer_shapes, nodes_of
 from edgec.pass_infra import Pass, PassContext, register
+from edgec.passes.quantize import live_range
 from edgec.passes.quantize.decompose import decompose_hard_activations
 from edgec.passes.quantize.placement import WEIGHTED, Placement, place, with_activations
 from edgec.passes.quantize.scheme import QuantScheme
@@ -65,6 +66,7 @@ class Quantize(Pass):
     fallback: str = ""  # '' | auto | depthwise | se | hardswish | first | last, '+'-joined
     batch: int = 8
     weight_bits: int = 0  # 8 or 7; 0 = the target scheme's (or --set weight_bits=N)
+    live_range: bool = False  # cut activation ranges to their readers' live interval (live_range.py)
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
         overrides: dict[str, Any] = {}
@@ -131,7 +133,7 @@ class Quantize(Pass):
         else:
             method = "percentile" if method == "auto" else method
             bc = bc_opt is not False
-        params = activation_params(plan, stats, scheme, method, self.percentile)
+        params = activation_params(plan, stats, scheme, method, self.percentile, self.live_range)
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
         ctx.cache["weight_bits"] = bits  # read by the adaround pass
         if _flag(ctx.options.get("adaround")) and before is not None:
@@ -186,8 +188,8 @@ class Quantize(Pass):
         for m, bc in configs:
             cand = model_io.from_proto(onnx.ModelProto.FromString(before))
             plan = place(cand.graph, scheme, exclude, share_concat=share, wide=wide)
-            insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, self.percentile), scheme, bits,
-                       stats if bc else None)
+            insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, self.percentile, self.live_range),
+                       scheme, bits, stats if bc else None)
             out = runtime.run(runtime.session(model_io.to_bytes(cand), optimization="basic"), feeds)
             scores[f"{m}{'+bias_correction' if bc else ''}"] = round(metrics.drift(ref, out).sqnr_db, 2)
         best = max(configs, key=lambda c: scores[f"{c[0]}{'+bias_correction' if c[1] else ''}"])
@@ -225,8 +227,8 @@ class Quantize(Pass):
                           histogram=method not in ("minmax", "mean_minmax"))
         for key, (m, plan) in plans.items():
             rule = "percentile" if method == "auto" else method
-            insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, self.percentile), scheme, bits,
-                       stats if ctx.options.get("bias_correction", "auto") is not False else None)
+            insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, self.percentile, self.live_range),
+                       scheme, bits, stats if ctx.options.get("bias_correction", "auto") is not False else None)
             variants[key] = model_io.to_bytes(m)
         best, times = fastest(variants, ctx.samples[0])
         int8_best = min((k for k in times if k != "fp32"), key=times.__getitem__, default="fp32")
@@ -351,8 +353,9 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
 
 
 def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], scheme: QuantScheme, method: str,
-                      percentile: float) -> dict[str, dict[str, Any]]:
-    """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range."""
+                      percentile: float, live: bool = False) -> dict[str, dict[str, Any]]:
+    """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range.
+    ``live``: each range cut to its readers' live interval (live_range.py; exact, opt-in: see there)."""
     out: dict[str, dict[str, Any]] = {}
     grouped: dict[str, list[str]] = {}
     for g in plan.groups:
@@ -360,6 +363,7 @@ def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], sche
         for n in names:
             grouped[n] = names
     done: set[str] = set()
+    values = {t.name or "": t for t in plan.tensors}
     for t in plan.tensors:
         name = t.name or ""
         if name in done:
@@ -376,6 +380,10 @@ def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], sche
         else:
             # 16 bits leave no resolution to buy with clipping: a wide tensor keeps its whole range.
             (lo, hi), used = calib.choose_range(st, "minmax" if name in plan.wide else method, lv, percentile)
+            # Levels only where a reader's result still depends on the value (live_range.py: exact).
+            if live:
+                lo, hi = live_range.clamp(lo, hi, live_range.hull_of([values[m] for m in members if m in values]),
+                                          lv.n)
             scale, zp = calib.scale_zero_point(lo, hi, lv)
         for m in members:
             own = stats[m]
