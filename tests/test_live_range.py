@@ -14,7 +14,7 @@ from edgec import model_io, runtime, targets
 from edgec.pass_infra import PassContext
 from edgec.passes.quantize import live_range
 from edgec.passes.quantize.decompose import decompose_hard_activations
-from edgec.passes.quantize.insert import Quantize
+from edgec.passes.quantize.quantize import Quantize
 
 
 def _clip_to_live(model: ir.Model) -> int:
