@@ -175,7 +175,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
                          hint="use --min-sqnr DB, or --metric top1 / module:function")
     if bias_correct:
         # The quantize pass has its own (analytic, per-channel-mean) bias correction: one correction, not two.
-        options = {**dict(options or {}), "bias_correction": False}
+        options = {**dict(options or {}), "analytic_bias_correction": False}
     q = quantizer or Quantizer(float_model, tgt.scheme, calib_feeds, options)
     ev = Evaluator(float_model, eval_feeds, metric, budget_on)
     cev = Evaluator(float_model, calib_feeds[:calib_check], "sqnr")  # acceptance: calibration samples only

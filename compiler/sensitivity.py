@@ -26,7 +26,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec import metrics, model_io, runtime, targets
+from edgec import metrics, model_io, runtime, settings, targets
+from edgec.context import CalibStats
 from edgec.errors import EdgecError
 from edgec.graph import const_array, nodes_of
 from edgec.pass_infra import Feed, PassContext, parse_pipeline, parse_spec
@@ -106,7 +107,8 @@ class Quantizer:
         # Per-layer SQNR rows of the quantize pass cost one ORT run per layer and are not used here.
         self.options = {"layer_sqnr": False, **dict(options or {})}
         self.kind = "quantize pass"
-        self.cache: dict[str, Any] = {}
+        self.union: dict[str, Any] | None = None  # statistics of every float tensor (calibrated once)
+        self.calibration: CalibStats | None = None  # the last quantize run's, reused by the next
         self.fixed: dict[str, Any] = {}  # calib_method / bias_correction chosen on the all-int8 model
         # Searches revisit configurations (the analysis's all-but-one runs are the search's first steps).
         self._memo: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[bytes, dict[str, Any]]] = {}
@@ -127,7 +129,7 @@ class Quantizer:
 
     def _union(self) -> None:
         """Statistics of every float tensor of the decomposed float model, in one calibration pass."""
-        if "calib_union" in self.cache:
+        if self.union is not None:
             return
         from edgec import calib
         from edgec.graph import infer_shapes
@@ -143,19 +145,19 @@ class Quantizer:
         names += [o.name for n in m.graph for o in n.outputs if o.name and o.dtype == ir.DataType.FLOAT
                   and n.op_type not in ("Constant", "Shape")]
         chan = {n.inputs[0].name for n in m.graph if n.op_type in WEIGHTED and n.inputs and n.inputs[0] is not None}
-        self.cache["calib_union"] = calib.collect(m, names, self.feeds, channels={c for c in chan if c})
+        self.union = calib.collect(m, names, self.feeds, channels={c for c in chan if c})
 
     def _quantize(self, exclude: list[str], wide: list[str]) -> tuple[ir.Model, dict[str, Any]]:
         from edgec.manager import Manager
 
         self._union()
         model = self.float_model()
-        ctx = PassContext(samples=self.feeds[:4], calib=self.feeds, scheme=self.scheme,
-                          options={**self.options, **self.fixed, "exclude": list(exclude), "a16": list(wide)},
-                          cache=self.cache)
-        ctx.cache["float_model"] = self.float_bytes  # what bias-correct reads
+        user = settings.resolve({**self.options, **self.fixed, "exclude": list(exclude), "a16": list(wide)})
+        ctx = user.context(samples=self.feeds[:4], calib=self.feeds, scheme=self.scheme, calib_union=self.union,
+                           float_reference=self.float_bytes, calibration=self.calibration)
         mgr = Manager(ctx, check_drift=False)
-        model = mgr.run(model, [parse_spec("quantize")])
+        model = mgr.run(model, user.configure([parse_spec("quantize")]))
+        self.calibration = ctx.calibration
         details = dict(mgr.records[-1].details)
         if not self.fixed and "calib_method" not in self.options and "method" in details:
             self.fixed = {"calib_method": details["method"], "bias_correction": bool(details.get("bias_correction"))}
