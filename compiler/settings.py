@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -105,8 +106,9 @@ def resolve(options: Mapping[str, Any] | None) -> Settings:
     for raw_key, value in (options or {}).items():
         key = ALIASES.get(raw_key.replace("-", "_"), raw_key.replace("-", "_"))
         if key not in KEYS:
+            near = difflib.get_close_matches(key, [*KEYS, *ALIASES], n=1)
             raise EdgecError(f"--set {raw_key}: no pass or backend reads this setting",
-                             hint="known: " + ", ".join(sorted(KEYS)))
+                             hint=(f"did you mean {near[0]}? " if near else "") + "README's Settings table lists every key")
         for place in KEYS[key]:
             cls: Any = holders.get(place.owner) or reg[place.owner]
             hint = typing.get_type_hints(cls)[place.field]
@@ -160,4 +162,6 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
         return number
     if hint is str:
         return str(value)
-    return value  # dict (trt_profile): built by the CLI's --min/--opt/--max-shape parser
+    if typing.get_origin(hint) is dict and not isinstance(value, dict):
+        raise EdgecError(f"--set {key}={value!r}: expected a table", hint="use --min-shape/--opt-shape/--max-shape")
+    return value  # a dict (trt_profile): built by the CLI's --min/--opt/--max-shape parser

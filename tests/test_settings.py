@@ -4,6 +4,7 @@ BackendOptions or SchemeOverrides that owns them; a key nobody owns is a one-lin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,11 +61,18 @@ def test_configure_copies_and_leaves_unset_fields():
     ({"bench_runs": "many"}, ("bench_runs", "number")),
     ({"weight_bits": 7.5}, ("weight_bits", "whole number")),
     ({"adaround": "maybe"}, ("adaround", "true or false")),
+    ({"trt_profile": "x=1,3"}, ("trt_profile", "table")),
 ])
 def test_bad_settings_are_one_line_errors(options, words):
     with pytest.raises(EdgecError) as err:
         settings.resolve(options)
     assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+def test_readme_lists_every_setting():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [k for k in [*settings.KEYS, *settings.ALIASES] if f"`{k}`" not in text]
+    assert not missing, f"README's Settings table lacks {missing}"
 
 
 def test_unknown_set_key_exits_2_before_any_work(tmp_path, capsys):
