@@ -191,6 +191,10 @@ def compile(
     artifact's held-aside SQNR by ``budget_on``: ``mean`` (the aggregate over all samples), ``p10`` (the
     10th-percentile sample, the default: a collapsing tenth of the inputs fails it, one odd input does
     not) or ``min`` (the worst sample).
+
+    ``options`` are the user's settings by key, as ``--set KEY=VALUE`` takes them (``{"exclude": [...],
+    "bench_runs": 0}``): edgec.settings checks them and puts each in its pass field, ``BackendOptions``
+    or ``SchemeOverrides``; an unknown key is an EdgecError before anything runs.
     """
     user = settings.resolve(options)  # every key checked (one line naming an unknown one) before any work
     if budget_on not in BUDGET_ON:

@@ -188,9 +188,10 @@ def test_bad_scheme_and_method() -> None:
     with pytest.raises(EdgecError, match="placement"):
         QuantScheme.from_mapping({"precision": "int8", "placement": "npu"})
     ctx = PassContext(samples=[], calib=[{"x": np.zeros((1, 3, 16, 16), np.float32)}],
-                      scheme=targets.get("cpu-int8").scheme, options={"calib_method": "median"})
+                      scheme=targets.get("cpu-int8").scheme)
+    (q,) = settings.resolve({"calib_method": "median"}).configure([Quantize()])
     with pytest.raises(EdgecError, match="calibration method"):
-        Quantize().apply(small_net(), ctx)
+        q.apply(small_net(), ctx)
 
 
 def test_digits_accuracy_and_size(digits_model: Path, digits_samples: dict) -> None:
