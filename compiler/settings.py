@@ -137,9 +137,12 @@ def _convert(key: str, value: Any, hint: Any) -> Any:
     """``value`` (from ``--set``: int, float, bool or str; from Python: anything) as type ``hint``."""
     args = typing.get_args(hint)
     if type(None) in args:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "auto", "")):
+        inner = next(a for a in args if a is not type(None))
+        # None is "unset" ("auto" for a bool | None field: analytic_bias_correction=auto tries both)
+        words = ("none", "", "auto") if inner is bool else ("none", "")
+        if value is None or (isinstance(value, str) and value.lower() in words):
             return None
-        hint = next(a for a in args if a is not type(None))
+        hint = inner
         args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin in (list, tuple):
