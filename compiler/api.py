@@ -210,9 +210,12 @@ def compile(
     base = targets.with_added(tgt, add) if add else tgt.passes
     pipeline = parse_pipeline(base if passes is None else passes) if not (
         passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
-    pipeline = user.configure(_recovery_passes(pipeline, user.driver))
+    pipeline = _recovery_passes(pipeline, user.driver)
     loaded = load_model(model, shapes)
     warnings: list[str] = []
+    if passes is not None:
+        pipeline = _required_legalize(tgt, pipeline, warnings)
+    pipeline = user.configure(pipeline)  # the user's settings in the passes' fields
     sets = split_samples(loaded, calib, samples, calib_limit=calib_limit, preprocess=user.driver.preprocess,
                          warnings=warnings)
     calib_src = sets.calib
@@ -338,6 +341,20 @@ def collapse_warning(who: str, d: Drift) -> str:
     return (f"{who}: {len(bad)} of {d.samples} held-aside inputs collapse (SQNR < {COLLAPSE_DB:g} dB"
             f"{f', {flips} confident top-1 flips' if flips else ''}); worst is sample {worst} at "
             f"{per.get(worst, math.nan):.1f} dB")
+
+
+def _required_legalize(tgt: targets.Target, pipeline: list[Pass], warnings: list[str]) -> list[Pass]:
+    """``--passes`` without a legalize pass the backend needs (its writer maps only the one-op forms;
+    the module says so with ``LEGALIZE_REQUIRED``): appended last, checked and recorded like the others."""
+    if not getattr(get_backend(tgt.backend), "LEGALIZE_REQUIRED", False):
+        return pipeline
+    have = {p.name for p in pipeline}
+    missing = [p for stage, ps in tgt.stages if stage.startswith("legalize-") for p in ps if p not in have]
+    if not missing:
+        return pipeline
+    warnings.append(f"--passes left out {', '.join(missing)}, which the {tgt.backend} backend needs: "
+                    "appended at the end (checked and recorded like the others)")
+    return pipeline + parse_pipeline(missing)
 
 
 def _recovery_passes(pipeline: list[Pass], driver: settings.DriverOptions) -> list[Pass]:

@@ -82,7 +82,8 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
                                      target_file=args.target_file, max_steps=args.max_float,
-                                     budget_on=args.budget_on)
+                                     budget_on=args.budget_on, jobs=args.jobs, use_ray=args.ray is not None,
+                                     ray_address=args.ray or None)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if res.a16:
         opts["a16"] = list(res.a16)
@@ -99,7 +100,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     res = sensitivity.run_sensitivity(args.model, args.target, args.calib or "random", eval_spec=args.eval,
                                       metric=args.metric, out_dir=args.out, limit=args.limit,
-                                      preprocess=args.preprocess, target_file=args.target_file)
+                                      preprocess=args.preprocess, target_file=args.target_file,
+                                      jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None)
     if not args.quiet:
         print(res.table())
     return 0

@@ -77,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
                         "10th-percentile sample (p10, default: a collapsing tenth of the inputs fails it, one "
                         "odd input does not) or the worst sample (min)")
     q.add_argument("--max-float", type=int, help="mixed precision: keep at most this many layers float")
+    _add_executor(q, "the mixed-precision search's candidates")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -147,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     se.add_argument("--limit", type=int, help="use at most this many calibration samples")
     se.add_argument("--preprocess")
     se.add_argument("-o", "--out", help="folder for sensitivity.json/.txt/.svg")
+    _add_executor(se, "the candidate evaluations")
     add_common(se)
 
     lt = sub.add_parser("lint", help="check a model against TensorRT's Q/DQ and op rules")
@@ -174,13 +176,18 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="compile a manifest of models x targets, incrementally (README: Fleet builds)")
     b.add_argument("manifest", help="a TOML manifest, e.g. edgec.toml")
-    b.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1: serial)")
-    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run the pairs as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
+    _add_executor(b, "the pairs")
     b.add_argument("--force", action="store_true", help="rebuild every pair, changed or not")
     b.add_argument("-q", "--quiet", action="store_true")
     b.add_argument("-v", "--verbose", action="store_true")
     return ap
+
+
+def _add_executor(p: Any, what: str) -> None:
+    """-j / --ray: where independent jobs run (compiler/build.py's Executor); results do not depend on it."""
+    p.add_argument("-j", "--jobs", type=int, default=1, help=f"run {what} on N local processes (default 1)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"run {what} as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
 
 
 def compile_options(args: argparse.Namespace) -> dict[str, Any]:
