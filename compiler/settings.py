@@ -52,7 +52,7 @@ KEYS: dict[str, tuple[Place, ...]] = {
     # the quantize pass's own analytic correction (auto: tried both ways on the samples); not the
     # bias-correct pass (``bias_correct``), which measures the shift empirically after quantize
     "analytic_bias_correction": (Place("quantize", "analytic_bias_correction"),),
-    **_same("quantize", "share_concat", "int8_hardswish", "adaround", "layer_sqnr"),
+    **_same("quantize", "share_concat", "int8_hardswish", "adaround", "layer_sqnr", "live_range"),
     "prune_skip": (Place("prune", "skip", extend=True),),
     **_same("prune", "reconstruct", "reconstruct_samples", "reconstruct_inputs", "reconstruct_positions",
             "reconstruct_ridge", "reconstruct_waves"),
