@@ -25,6 +25,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from edgec import graphdiff, metrics, model_io, runtime
+from edgec.context import HeldAside
 from edgec.errors import EXIT_INTERNAL, EdgecError
 from edgec.graph import opset_version
 from edgec.pass_infra import Feed, Pass, PassContext
@@ -101,9 +102,7 @@ class Manager:
             except Exception as exc:  # noqa: BLE001 - ORT's errors name the node at fault
                 raise EdgecError(f"ONNX Runtime cannot run the input model: {str(exc).splitlines()[0][:300]}") from None
             self.final_outputs = self.reference
-            self.ctx.cache["eval_feeds"] = self.eval_feeds
-            self.ctx.cache["eval_reference"] = self.eval_reference
-            self.ctx.cache["eval_indices"] = self.eval_indices
+            self.ctx.held_aside = HeldAside(self.eval_feeds, self.eval_reference, self.eval_indices)
         rec = PassRecord(name="input", params={}, exact=True, seconds=0.0, changed=False,
                          summary=metrics.summarize(model, proto),
                          drift=Drift(0.0, 0.0, math.inf, 1.0) if self.check_drift else None)
@@ -158,7 +157,7 @@ class Manager:
         self.ctx.details = {}
         # The outputs of the model as it enters the pass, on ctx.samples: a lossy pass comparing its own
         # candidates (quantize's method choice) reads them instead of running the float model again.
-        self.ctx.cache["sample_outputs"] = self.final_outputs
+        self.ctx.entering_outputs = self.final_outputs
         self.differ.run_before_pass(model)
         t0 = time.perf_counter()
         try:

@@ -183,7 +183,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     int8_part = split_pipeline(tgt)[1]
     if bias_correct:
         # The quantize pass has its own (analytic, per-channel-mean) bias correction: one correction, not two.
-        options = {**dict(options or {}), "bias_correction": False}
+        options = {**dict(options or {}), "analytic_bias_correction": False}
         int8_part = [*int8_part, "bias-correct"]  # run by the Manager after quantize, per configuration
     if quantizer is not None and bias_correct != ("bias-correct" in quantizer.passes):
         raise EdgecError("bias_correct must match the quantizer given (its passes: "
