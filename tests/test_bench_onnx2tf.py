@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bench_onnx2tf as o2t
 import numpy as np
 import pytest
-
-import bench_onnx2tf as o2t
 from bench_measure import Variant
 from bench_report import onnx2tf_summary
 
@@ -41,21 +40,26 @@ def test_calibration_is_nhwc_and_the_command_names_it(calib, tmp_path: Path) -> 
                         "[[[[0.0,0.0,0.0]]]]", "[[[[1.0,1.0,1.0]]]]"]
 
 
-def test_missing_onnx2tf_is_a_row_with_the_reason(calib, tmp_path: Path, monkeypatch) -> None:
+def test_missing_onnx2tf_is_a_row_with_the_reason(calib, digits_model: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv(o2t.ENV_PYTHON, raising=False)
     assert o2t.python_for(None) is None
-    v = o2t.convert("onnx2tf", None, tmp_path / "m.onnx", calib, tmp_path)
+    src = tmp_path / "m.onnx"
+    src.write_bytes(digits_model.read_bytes())
+    before = src.read_bytes()
+    v = o2t.convert("onnx2tf", None, src, calib, tmp_path)
     assert v.path is None and "no onnx2tf python" in v.note
-    v = o2t.convert("onnx2tf-int8", str(tmp_path / "no-such-python"), tmp_path / "m.onnx", calib, tmp_path)
+    v = o2t.convert("onnx2tf-int8", str(tmp_path / "no-such-python"), src, calib, tmp_path)
     assert v.path is None and "not found" in v.note
     # edgec's own python has no onnx2tf (it must never have TensorFlow): onnx2tf's module is missing, and the
     # row says so with the error line; our calibration data and the sample file were written first.
-    v = o2t.convert("onnx2tf-int8", sys.executable, tmp_path / "m.onnx", calib, tmp_path)
+    v = o2t.convert("onnx2tf-int8", sys.executable, src, calib, tmp_path)
     assert v.path is None and v.note.startswith("failed: onnx2tf failed (exit 1)") and "onnx2tf" in v.note
     assert "No module named onnx2tf" in v.note
     sample = np.load(tmp_path / "onnx2tf-int8" / o2t.SAMPLE_FILE)
     np.testing.assert_array_equal(sample, o2t.calib_array(calib, next(iter(calib[0]))))
     assert o2t.version(sys.executable).startswith("not installed")
+    # onnx2tf rewrites its input in place: it is given a copy, the file every other variant uses is untouched.
+    assert (tmp_path / "onnx2tf-int8" / "model.onnx").read_bytes() == before == src.read_bytes()
 
 
 def test_a_network_attempt_fails_and_is_named(tmp_path: Path) -> None:
@@ -64,8 +68,9 @@ def test_a_network_attempt_fails_and_is_named(tmp_path: Path) -> None:
     pytest.importorskip("requests")
     env = {**os.environ, "HTTPS_PROXY": o2t.CLOSED_PROXY, "https_proxy": o2t.CLOSED_PROXY, "NO_PROXY": "",
            "no_proxy": ""}
-    proc = subprocess.run([sys.executable, "-c", "import requests; requests.get('https://pypi.org/simple/', "
-                           "timeout=(1.0, 5.0))"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    fetch = "import requests; requests.get('https://pypi.org/simple/', timeout=(1.0, 5.0))"
+    proc = subprocess.run([sys.executable, "-c", fetch], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode != 0
     reason = o2t.failure_reason(proc.stdout + proc.stderr, proc.returncode)
     assert reason.startswith("onnx2tf tried to reach the network"), reason

@@ -16,8 +16,9 @@ data. So each conversion runs in an empty working directory holding OUR calibrat
 name, with ``-cind`` pointing at them (NHWC, already normalized, so mean 0 and std 1), and with the HTTP(S) proxy
 set to a closed local port: any network access it still tries fails, and the row says so.
 
-Variants: ``onnx2tf`` is ``{stem}_float32.tflite`` of a plain conversion; ``onnx2tf-int8`` is
-``{stem}_full_integer_quant.tflite`` of an ``-oiqt`` conversion (per-channel weights, int8 inputs and outputs,
+Variants (each conversion works on its own copy of the model, which onnx2tf rewrites in place):
+``onnx2tf`` is ``model_float32.tflite`` of a plain conversion; ``onnx2tf-int8`` is
+``model_full_integer_quant.tflite`` of an ``-oiqt`` conversion (per-channel weights, int8 inputs and outputs,
 like edgec's tflite-int8 default; LiteRTRunner quantizes the feed and dequantizes the output the same way).
 """
 
@@ -102,13 +103,19 @@ def convert(kind: str, python: str | None, src: Path, calib: list[Feed], tmp: Pa
         files[name] = (path, int(arr.shape[-1]))
         if arr.ndim == 4 and arr.shape[-1] == 3 and len(files) == 1:
             np.save(work / SAMPLE_FILE, arr)  # read instead of downloading MS-COCO samples (module doc)
+    # onnx2tf simplifies its input file in place (it runs onnxsim on it): it gets a copy, never the file the
+    # other variants are built from.
+    model = work / "model.onnx"
+    shutil.copyfile(src, model)
     out_dir = work / "out"
-    env = {**os.environ, "HTTP_PROXY": CLOSED_PROXY, "HTTPS_PROXY": CLOSED_PROXY, "http_proxy": CLOSED_PROXY,
+    # Its own onnxsim (it calls the executable on PATH): the venv's bin first.
+    path = os.pathsep.join([str(Path(python).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "HTTP_PROXY": CLOSED_PROXY, "HTTPS_PROXY": CLOSED_PROXY, "http_proxy": CLOSED_PROXY,
            "https_proxy": CLOSED_PROXY, "NO_PROXY": "", "no_proxy": "", "CUDA_VISIBLE_DEVICES": "-1",
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(command(python, src, out_dir, files, kind.endswith("int8")), cwd=work, env=env,
+        proc = subprocess.run(command(python, model, out_dir, files, kind.endswith("int8")), cwd=work, env=env,
                               capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         return Variant(kind, None, note=f"skipped: onnx2tf python {python} not found")
@@ -117,7 +124,7 @@ def convert(kind: str, python: str | None, src: Path, calib: list[Feed], tmp: Pa
     seconds = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
     (work / "onnx2tf.log").write_text(log)
-    artifact = out_dir / f"{src.stem}{KINDS[kind]}"
+    artifact = out_dir / f"{model.stem}{KINDS[kind]}"
     if proc.returncode != 0 or not artifact.exists():
         return Variant(kind, None, seconds, note=f"failed: {failure_reason(log, proc.returncode)}")
     net = network_attempt(log)
