@@ -265,7 +265,7 @@ def _summary(replaced: list[Any], layers: list[Layer], settings: dict[str, Any],
         why.append(f"{slower} meet it but {ctx.layer_runtime} runs the pair slower")
     if settings["min_sqnr"] is not None:
         why.append(f"{budget} would take the outputs below min_sqnr {settings['min_sqnr']:g} dB")
-    return f"depthwise: no layer pays ({'; '.join(why)} of {len(layers)} eligible): model unchanged"
+    return f"depthwise: no layer pays (of {len(layers)} eligible convs: {'; '.join(why)}): model unchanged"
 
 
 def _check_latency(layer: Layer, d: dict[str, Any], fit: Fit, ctx: PassContext) -> tuple[dict[str, Any], Fit | None]:
