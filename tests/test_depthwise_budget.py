@@ -88,3 +88,26 @@ def test_full_rank_passes_any_budget(detector, detector_feeds):  # noqa: F811
     _, rec, _ = run(model_io.load(detector), "depthwise:rank=9:max_feeds=4", calib[:2], calib=calib,
                     options={"dw_min_sqnr": 60.0})
     assert rec.details["replaced"] == 11 and rec.details["end_to_end"] is None and rec.exact
+
+
+def test_cli_budget_flag_reaches_the_pass_and_is_met(tmp_path):
+    """`--add depthwise --dw-min-sqnr` on the bundled digits CNN (trained, real samples): the report's depthwise
+    record carries the budget and an end-to-end drift at or above it."""
+    import json
+
+    from edgec.api import example_paths
+    from edgec.cli import main as cli
+
+    model, samples = example_paths()
+    out = tmp_path / "o"
+    assert cli(["compile", str(model), "--target", "cpu-fp32", "--calib", str(samples), "--add", "depthwise",
+                "--dw-max-error", "15", "--dw-min-sqnr", "30", "-o", str(out), "-q"]) == 0
+    rec = next(r for r in json.loads((out / "report.json").read_text())["passes"] if r["name"] == "depthwise")
+    e2e = rec["details"]["end_to_end"]
+    assert rec["details"]["settings"]["min_sqnr"] == 30.0
+    # Two convs meet the 15 dB floor with fewer MACs; together they take the outputs below 30 dB, so the one
+    # with the larger MAC saving is kept and the other is rejected by the budget (measured: 32.1 dB, 3 runs).
+    rejected = [d for d in rec["details"]["layers"] if d.get("budget_rejected")]
+    assert rec["details"]["replaced"] == 1 and len(rejected) == 1 and e2e["evaluations"] == 3
+    assert e2e["min_sqnr"] == 30.0 and e2e["sqnr_db"] >= 30.0 and e2e["cosine"] > 0.999
+    assert rec["details"]["summary"].startswith("depthwise: 1 of 4 eligible convs replaced")
