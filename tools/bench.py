@@ -346,7 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = f"![speed-up over fp32 ONNX Runtime]({png.name})\n" if results else ""
         body = [sections[m] + (peak_fractions(macs[m], results[m], peaks) if m in results else "")
                 for m in sections]
-        out.write_text("\n".join([*head, peak_line(), total, summary(results), onnx2tf_summary(results),
+        # The main summary compares with ORT quantize_static and the simplifiers: without them (an onnx2tf-only
+        # run) it would be a table of dashes.
+        main_summary = summary(results) if "ort-quant" in args.anchors else ""
+        out.write_text("\n".join([*head, peak_line(), total, main_summary, onnx2tf_summary(results),
                                   fidelity(results, shifted), figure, *body]))
     print(f"wrote {out} and {png}")
     return 0
