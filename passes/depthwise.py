@@ -38,7 +38,7 @@ from edgec.errors import EdgecError
 from edgec.graph import infer_shapes, nodes_of
 from edgec.pass_infra import Pass, PassContext, register
 
-from .depthwise_budget import EndToEnd, drift_record, within_budget
+from .depthwise_budget import EndToEnd, drift_record, whole_model_ratio, within_budget
 from .depthwise_fit import Fit, Fitter
 from .depthwise_latency import time_pair
 from .depthwise_layers import Layer, gather_patches, label, match, pick_feeds, rewrite, selected
@@ -120,6 +120,8 @@ class SeparateDepthwise(Pass):
                              f"below the {settings['max_error']:g} dB floor")
                 candidates.append((layer, d, fit))
         replaced = self._end_to_end(model, candidates, feeds, settings, decisions, position, ctx)
+        if settings["latency"] and replaced and feeds:
+            replaced = _whole_model_check(model, replaced, feeds[0], decisions, position, ctx)
         for layer, _, fit in replaced:
             rewrite(model.graph, layer, fit.dw, fit.pw, fit.bias)
         self._exact = all(d["rank"] >= d["full_rank"] and d["method"] == "svd" for _, d, _ in replaced)
@@ -245,6 +247,31 @@ class SeparateDepthwise(Pass):
                 "reason": (f"fixed rank {r}: " if fixed else f"smallest rank meeting {floor:g} dB: ") + mac_note}, fit
 
 
+def _whole_model_check(model: ir.Model, replaced: list[Any], feed: Any, decisions: dict[int, dict[str, Any]],
+                       position: dict[int, int], ctx: PassContext) -> list[Any]:
+    """Latency mode, after the per-pair checks: keep the pairs only if the whole model runs faster with them in
+    the target's runtime (both measurements agree), else none, each layer saying why."""
+    rt = ctx.layer_runtime
+    try:
+        ratios = whole_model_ratio(model, replaced, feed, ctx.layer_timer)
+    except Exception as exc:  # noqa: BLE001  e.g. a graph the runtime cannot load before legalization
+        ctx.details["whole_model_latency"] = {"runtime": rt, "error": str(exc).splitlines()[0][:200]}
+        ctx.warn(f"depthwise: whole-model timing in {rt} not possible ({type(exc).__name__}); kept the "
+                 "per-pair decisions")
+        return replaced
+    ratio = max(ratios)
+    ctx.details["whole_model_latency"] = {"runtime": rt, "ratio": ratio, "ratios": ratios}
+    if ratio < 1.0:
+        return replaced
+    ctx.details["end_to_end"] = None  # nothing applied: no drift
+    for layer, d, _ in replaced:
+        decisions[position[id(layer.node)]] = {
+            **d, "decision": "kept", "macs_after": None, "whole_model_rejected": True,
+            "reason": d["reason"] + f"; but the whole model runs x{ratio:.3f} in {rt} with the "
+                                    f"{len(replaced)} pairs (measured {', '.join(f'x{r:.3f}' for r in ratios)})"}
+    return []
+
+
 def _summary(replaced: list[Any], layers: list[Layer], settings: dict[str, Any], ctx: PassContext) -> str:
     """One line for the record and, when nothing changed, the warnings: what was replaced, or why nothing."""
     e2e = ctx.details.get("end_to_end") or {}
@@ -258,11 +285,15 @@ def _summary(replaced: list[Any], layers: list[Layer], settings: dict[str, Any],
     if not layers:
         return "depthwise: no eligible conv (2-D, group 1, KxK, constant weights): model unchanged"
     rows = [d for d in ctx.details.get("layers", []) if d.get("decision") == "kept"]
-    slower = sum(1 for d in rows if d.get("latency") and not d.get("budget_rejected"))
+    whole = sum(1 for d in rows if d.get("whole_model_rejected"))
+    slower = sum(1 for d in rows if d.get("latency") and not d.get("budget_rejected")) - whole
     budget = sum(1 for d in rows if d.get("budget_rejected"))
-    why = [f"{len(rows) - slower - budget} miss the {settings['max_error']:g} dB floor below break-even"]
+    why = [f"{len(rows) - slower - budget - whole} miss the {settings['max_error']:g} dB floor below break-even"]
     if settings["latency"]:
         why.append(f"{slower} meet it but {ctx.layer_runtime} runs the pair slower")
+    if whole:
+        ratio = (ctx.details.get("whole_model_latency") or {}).get("ratio", 0.0)
+        why.append(f"{whole} pairs faster alone, but the whole model runs x{ratio:.3f} with them")
     if settings["min_sqnr"] is not None:
         why.append(f"{budget} would take the outputs below min_sqnr {settings['min_sqnr']:g} dB")
     return f"depthwise: no layer pays (of {len(layers)} eligible convs: {'; '.join(why)}): model unchanged"

@@ -54,12 +54,37 @@ class EndToEnd:
     def drift(self, chosen: Sequence[Candidate]) -> metrics.Drift:
         """Output drift of the original model with ``chosen`` applied (on a copy; the model is untouched)."""
         self.evaluations += 1
-        copy = ir.serde.deserialize_model(onnx.ModelProto.FromString(self.base))
-        convs = {label(n): n for n in nodes_of(copy.graph, "Conv")}
-        for layer, _, fit in chosen:
-            rewrite(copy.graph, dataclasses.replace(layer, node=convs[label(layer.node)]), fit.dw, fit.pw, fit.bias)
-        candidate = self._run(ir.serde.serialize_model(copy).SerializeToString())
-        return metrics.drift(self.reference, candidate)
+        return metrics.drift(self.reference, self._run(with_pairs(self.base, chosen)))
+
+
+def with_pairs(base: bytes, chosen: Sequence[Candidate]) -> bytes:
+    """The serialized model ``base`` with the ``chosen`` replacements applied (to a copy)."""
+    copy = ir.serde.deserialize_model(onnx.ModelProto.FromString(base))
+    convs = {label(n): n for n in nodes_of(copy.graph, "Conv")}
+    for layer, _, fit in chosen:
+        rewrite(copy.graph, dataclasses.replace(layer, node=convs[label(layer.node)]), fit.dw, fit.pw, fit.bias)
+    return ir.serde.serialize_model(copy).SerializeToString()
+
+
+def whole_model_ratio(model: ir.Model, chosen: Sequence[Candidate], feed: Feed, timer: Any,
+                      runs: int = 40) -> list[float]:
+    """Latency of the whole model with ``chosen`` over without, in the target runtime's ``timer`` (ONNX Runtime
+    when None), measured twice: pairs that win alone can lose in the graph (measured on YOLOv8n in LiteRT: 14
+    pairs each faster alone, the model x1.013 slower with them), so latency mode checks the sum too."""
+    base = ir.serde.serialize_model(model).SerializeToString()
+    models = [base, with_pairs(base, chosen)]
+    if timer is None:
+        from .depthwise_latency import interleaved_ms
+
+        sessions = [runtime.session(m, optimization="all") for m in models]
+
+        def timer(_: Sequence[bytes], f: Feed) -> list[float]:
+            return interleaved_ms(sessions, f, runs=runs)
+    out = []
+    for _ in range(2):
+        before, after = timer(models, feed)
+        out.append(after / before)
+    return out
 
 
 def within_budget(e2e: EndToEnd, candidates: list[Candidate], budget: float | None) -> tuple[

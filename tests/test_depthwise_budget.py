@@ -111,3 +111,29 @@ def test_cli_budget_flag_reaches_the_pass_and_is_met(tmp_path):
     assert rec["details"]["replaced"] == 1 and len(rejected) == 1 and e2e["evaluations"] == 3
     assert e2e["min_sqnr"] == 30.0 and e2e["sqnr_db"] >= 30.0 and e2e["cosine"] > 0.999
     assert rec["details"]["summary"].startswith("depthwise: 1 of 4 eligible convs replaced")
+
+
+def test_latency_mode_checks_the_whole_model_too(photo_images):
+    """After the per-pair checks, the whole model is timed with and without the pairs in the target runtime
+    (LiteRT here); the pairs stay only if it is faster, else none does and each layer says why."""
+    from test_depthwise import low_rank_weight
+
+    import edgec
+
+    feeds = photo_feeds(photo_images[:2], cin=64, hw=40)
+    model = conv_graph(cin=64, cout=64, hw=40, weight=low_rank_weight(64, 64, 1))
+    res = edgec.compile(model, target="tflite-fp32", passes="depthwise:rank=1:latency=true", calib=feeds,
+                        samples=feeds[:1], options={"bench_runs": 0})
+    d = next(r for r in res.records if r.name == "depthwise").details
+    (layer,) = d["layers"]
+    if layer["latency"]["ratio"] >= 1.0:  # the pair lost alone: no whole-model timing needed
+        assert "whole_model_latency" not in d and layer["decision"] == "kept"
+        return
+    whole = d["whole_model_latency"]
+    assert whole["runtime"] == "LiteRT (XNNPACK)" and len(whole["ratios"]) == 2 and whole["ratio"] == max(
+        whole["ratios"])
+    if whole["ratio"] < 1.0:
+        assert layer["decision"] == "replaced" and d["replaced"] == 1
+    else:
+        assert layer["decision"] == "kept" and layer["whole_model_rejected"] and d["replaced"] == 0
+        assert "whole model runs" in layer["reason"] and "pairs faster alone" in d["summary"]
