@@ -150,7 +150,7 @@ def test_validity_only_manager_accepts_what_the_drift_check_rejects():
         Manager(PassContext(samples=feeds)).run(model_io.clone(model), [BreakOutput()])
     # Validity only (how a caller scoring candidates itself builds it): the model is valid, so it passes.
     mgr = Manager(PassContext(samples=feeds), instruments=[instruments.Validity()])
-    out = mgr.run(model_io.clone(model), [BreakOutput()])
+    mgr.run(model_io.clone(model), [BreakOutput()])
     assert mgr.records[-1].status == "ok" and mgr.records[-1].changed
 
 
