@@ -22,6 +22,7 @@ record them; passes never measure themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import typing
@@ -184,11 +185,22 @@ def register_ir_pass(name: str, factory: Callable[..., ir.passes.PassBase], *, e
             raise AssertionError(f"pass {name!r}: parameter {param.name!r} of {factory!r} needs a default")
         hint = hints.get(param.name, type(param.default) if param.default is not None else str)
         fields.append((param.name, hint, dataclasses.field(default=param.default)))
-    text = doc or (factory.__doc__ or "").strip() or f"onnx_ir's {getattr(factory, '__name__', name)}."
+    # A factory that is not a class (a functools.partial, a function) carries no doc of its own to show.
+    text = doc or ((factory.__doc__ or "").strip() if isinstance(factory, type) else "")
+    if not text:
+        raise AssertionError(f"pass {name!r} needs a doc")
     cls = dataclasses.make_dataclass(f"IR_{name.replace('-', '_')}", fields, bases=(IRPass,),
                                      namespace={"__doc__": text, "factory": staticmethod(factory),
                                                 "__module__": __name__})
     return register(name, exact=exact)(cls)
+
+
+def register_rewrite_rules(name: str, rules: Sequence[Any] | Any, *, exact: bool, doc: str) -> type[Pass]:
+    """Register onnxscript rewrite rules (a list of ``RewriteRule`` or a ``RewriteRuleSet``) as one pass
+    running onnxscript's own ``RewritePass`` (onnxscript is imported here: it is an optional extra)."""
+    from onnxscript.rewriter import RewritePass
+
+    return register_ir_pass(name, functools.partial(RewritePass, rules), exact=exact, doc=doc)
 
 
 def _load_all() -> None:

@@ -15,7 +15,15 @@ from onnx_ir.passes import common
 from edgec import instruments, model_io, runtime
 from edgec.graph import const_array, set_input_const
 from edgec.manager import Manager, PassFailed
-from edgec.pass_infra import EdgecPassResult, Pass, PassContext, parse_spec, register_ir_pass, registry
+from edgec.pass_infra import (
+    EdgecPassResult,
+    Pass,
+    PassContext,
+    parse_spec,
+    register_ir_pass,
+    register_rewrite_rules,
+    registry,
+)
 
 
 def feeds_for(model: ir.Model, n: int = 3, seed: int = 1) -> list[dict[str, np.ndarray]]:
@@ -192,3 +200,33 @@ def test_clone_is_independent_and_from_bytes_round_trips():
     assert [n.op_type for n in copy.graph] == ["Conv"]
     data = model_io.to_bytes(model)
     assert model_io.to_bytes(model_io.from_bytes(data)) == data
+
+
+def test_onnxscript_rewrite_rules_register_and_run_as_a_pass():
+    pytest.importorskip("onnxscript", reason="onnxscript is an optional extra (edgec[torch])")
+    from onnxscript.rewriter import pattern
+
+    def double_relu(op, x):
+        return op.Relu(op.Relu(x))
+
+    def single_relu(op, x):
+        return op.Relu(x)
+
+    rule = pattern.RewriteRule(double_relu, single_relu)
+    cls = register_rewrite_rules("test-relu-relu", [rule], exact=True, doc="Relu(Relu(x)) -> Relu(x).")
+    try:
+        x = h.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+        y = h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+        nodes = [h.make_node("Relu", ["x"], ["a"]), h.make_node("Relu", ["a"], ["y"])]
+        proto = h.make_model(h.make_graph(nodes, "g", [x], [y]), opset_imports=[h.make_opsetid("", 13)])
+        proto.ir_version = 8
+        model = model_io.from_proto(proto)
+        mgr = Manager(PassContext(samples=feeds_for(model)))
+        out = mgr.run(model, [cls()])
+        assert [n.op_type for n in out.graph] == ["Relu"]
+        rec = mgr.records[-1]
+        assert rec.name == "test-relu-relu" and rec.changed and rec.drift is not None and rec.drift.max_abs == 0.0
+    finally:
+        from edgec import pass_infra
+
+        pass_infra._REGISTRY.pop("test-relu-relu", None)
