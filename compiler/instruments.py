@@ -229,11 +229,6 @@ class DriftCheck(Instrument):
         given = self._eval_source_indices
         self.eval_indices = given[:len(feeds)] if given is not None else list(range(len(feeds)))
 
-    def run_before_pass(self, model: ir.Model, step: Step) -> None:
-        # The outputs of the model as it enters the pass, on ctx.samples: a lossy pass comparing its own
-        # candidates (quantize's method choice) reads them instead of running the float model again.
-        self.ctx.cache["sample_outputs"] = self.final_outputs
-
     def run_after_pass(self, model: ir.Model, step: Step) -> None:
         if step.unchanged:
             step.drift = step.previous.drift if step.previous is not None else None

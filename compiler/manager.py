@@ -103,6 +103,10 @@ class Manager:
     def _run_one(self, model: ir.Model, p: Pass, index: int) -> ir.Model:
         step = inst.Step(p=p, index=index, previous=self.records[-1] if self.records else None)
         self.ctx.details = {}
+        # The outputs of the model as it enters the pass, on ctx.samples (None without a drift check): a
+        # lossy pass comparing its own candidates (quantize's method choice) reads them instead of running
+        # the float model again.
+        self.ctx.cache["sample_outputs"] = self.final_outputs
         for i in reversed(self.instruments):  # the first instrument sits closest to the pass
             i.run_before_pass(model, step)
         backup = model_io.to_bytes(model) if self.keep_going else None
