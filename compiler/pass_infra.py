@@ -108,11 +108,18 @@ class Pass(ir.passes.InPlacePass):
         return self._ctx
 
     def call(self, model: ir.Model) -> EdgecPassResult:
-        """onnx_ir's entry point: run ``apply`` on the bound context, collect its details."""
+        """onnx_ir's entry point: run ``apply`` on the bound context, collect its details.
+
+        ``apply`` writes into a fresh ``ctx.details``, which is handed back in the result; the caller's
+        dict is put back afterwards, so a pass may run another as ``q.bind(ctx)(model)`` without losing
+        its own details. If ``apply`` raises, ``ctx.details`` keeps what it wrote (the manager's
+        roll-back record shows it).
+        """
         ctx = self.context
-        ctx.details = {}
+        outer, ctx.details = ctx.details, {}
         changed = bool(self.apply(model, ctx))
-        return EdgecPassResult(model, changed, details=ctx.details, exact=self.is_exact())
+        details, ctx.details = ctx.details, outer
+        return EdgecPassResult(model, changed, details=details, exact=self.is_exact())
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
         """Rewrite ``model`` in place; return whether anything changed."""

@@ -70,7 +70,23 @@ def test_bound_context_reaches_the_pass():
     result = p(model)
     assert p.context is ctx
     # tflite-gelu reads ctx.scheme: on an int8 target it skips (and says why) instead of fusing.
-    assert result.modified is False and "skipped" in result.details and ctx.details is result.details
+    assert result.modified is False and "skipped" in result.details
+
+
+def test_a_pass_run_inside_another_keeps_the_outer_details():
+    class Outer(Pass):
+        """Writes a detail, runs fuse-bn as an onnx_ir pass on the same context, writes another."""
+
+        name = "outer"
+
+        def apply(self, model: ir.Model, ctx: PassContext) -> bool:
+            ctx.details["before"] = 1
+            inner = parse_spec("fuse-bn").bind(ctx)(model)
+            ctx.details["inner_fused"] = len(inner.details["fused"])
+            return inner.modified
+
+    result = Outer()(graphs.conv_bn(bias=True))
+    assert result.details == {"before": 1, "inner_fused": 1} and result.modified
 
 
 def test_onnx_ir_pass_registered_runs_through_the_manager_with_a_record():
