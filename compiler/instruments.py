@@ -299,16 +299,22 @@ class Dump(Instrument):
         model_io.save(model, self.dump_dir / f"{step.index:02d}_{step.p.name}.onnx")
 
 
-def default(ctx: PassContext, *, check_drift: bool = True, dump_dir: str | Path | None = None,
+def default(ctx: PassContext, *, check_drift: bool = True, diff: bool = True, dump_dir: str | Path | None = None,
             on_step: Callable[[str], None] | None = None, eval_feeds: Iterable[Feed] | None = None,
             eval_indices: Sequence[int] | None = None, eval_cap: int = 256,
             eval_seconds: float = EVAL_SECONDS) -> list[Instrument]:
-    """The compile pipeline's instruments, innermost first: time, check, run and score, figure, diff, dump."""
+    """The compile pipeline's instruments, innermost first: time, check, run and score, figure, diff, dump.
+
+    ``default(ctx, check_drift=False, diff=False)`` is the cheap set for candidates a caller scores itself
+    (time, validity, figures): no reference run, no ORT run per pass, no graph snapshots.
+    """
     out: list[Instrument] = [Timing(), Validity(ctx.warn)]
     if check_drift and ctx.samples:
         out.append(DriftCheck(ctx, eval_feeds=eval_feeds, eval_indices=eval_indices, eval_cap=eval_cap,
                               eval_seconds=eval_seconds))
-    out += [Figures(), Diff()]
+    out.append(Figures())
+    if diff:
+        out.append(Diff())
     if dump_dir:
         out.append(Dump(dump_dir))
     if on_step is not None:

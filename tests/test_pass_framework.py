@@ -246,3 +246,14 @@ def test_onnxscript_rewrite_rules_register_and_run_as_a_pass():
         from edgec import pass_infra
 
         pass_infra._REGISTRY.pop("test-relu-relu", None)
+
+
+def test_cheap_default_set_has_no_drift_and_no_diff():
+    model = graphs.conv_bn(bias=True)
+    ctx = PassContext(samples=feeds_for(model))
+    cheap = instruments.default(ctx, check_drift=False, diff=False)
+    assert [type(i).__name__ for i in cheap] == ["Timing", "Validity", "Figures"]
+    mgr = Manager(ctx, instruments=cheap)
+    mgr.run(model, [parse_spec("fuse-bn")])
+    rec = mgr.records[-1]
+    assert rec.drift is None and rec.diff is None and rec.summary.nodes == 1 and rec.seconds > 0
