@@ -132,12 +132,12 @@ class Quantizer:
         from edgec import calib
         from edgec.graph import infer_shapes
         from edgec.passes.quantize.decompose import decompose_hard_activations
-        from edgec.passes.quantize.insert import _name_values
         from edgec.passes.quantize.placement import WEIGHTED
+        from edgec.passes.quantize.ranges import name_values
 
         m = self.float_model()
         infer_shapes(m)
-        _name_values(m.graph)  # the names the quantize pass gives unnamed values (same order, same names)
+        name_values(m.graph)  # the names the quantize pass gives unnamed values (same order, same names)
         decompose_hard_activations(m.graph)  # a kept HardSwish's input/output names are the pieces' ends
         names = [v.name for v in m.graph.inputs if v.name and v.dtype == ir.DataType.FLOAT]
         names += [o.name for n in m.graph for o in n.outputs if o.name and o.dtype == ir.DataType.FLOAT

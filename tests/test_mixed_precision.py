@@ -20,8 +20,9 @@ from edgec import calib, cli, model_io, targets
 from edgec import mixed_precision as MP
 from edgec import sensitivity as S
 from edgec.errors import EXIT_BUDGET
-from edgec.passes.quantize.insert import activation_params, insert_qdq
+from edgec.passes.quantize.insert import insert_qdq
 from edgec.passes.quantize.placement import PASS_THROUGH, Placement, is_float
+from edgec.passes.quantize.ranges import activation_params
 from edgec.passes.quantize.scheme import QuantScheme
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from edgec import metrics, model_io, runtime, targets
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import PassContext
-from edgec.passes.quantize.insert import Quantize
+from edgec.passes.quantize.quantize import Quantize
 from edgec.passes.quantize.scheme import QuantScheme
 
 

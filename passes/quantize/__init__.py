@@ -1,2 +1,3 @@
-"""Post-training int8 quantization: the numeric scheme (scheme.py), where Q/DQ pairs go (placement.py)
-and the ``quantize`` pass that inserts them (insert.py)."""
+"""Post-training int8 quantization: the numeric scheme (scheme.py), where Q/DQ pairs go (placement.py),
+activation ranges (ranges.py), the search over calibration variants and fallbacks (search.py), Q/DQ
+insertion (insert.py) and the ``quantize`` pass that runs them in order (quantize.py)."""

@@ -1,43 +1,26 @@
-"""The ``quantize`` pass: calibrate once, then insert QuantizeLinear/DequantizeLinear pairs.   lossy
+"""Q/DQ insertion: the placement's activations get QuantizeLinear/DequantizeLinear pairs with the ranges
+ranges.py derived; weights and biases are quantized here.
 
 Weights: int8, symmetric, per output channel (axis: Conv 0, ConvTranspose 1, Gemm 0 if transB else 1,
-MatMul 1), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x. The
-weight width is the target's (scheme ``weight_bits``: 7 on the portable ORT x86 target, where MLAS without
-VNNI saturates int16 sums; 8 elsewhere), never the compiling machine's: the same inputs give the same bytes.
+MatMul 1), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x; the width
+(7 or 8 bits) is the scheme's ``weight_bits``.
 Bias (scheme bias=int32): int32 with scale = s_in * s_w per channel, zero point 0, which is exactly what
 ONNX Runtime's QLinearConv/QGemm fusions expect; optionally bias-corrected for the expected shift the
 weight rounding causes (Nagel et al. 2019), from per-channel input means collected in the same pass.
-Activations: per tensor, uint8 asymmetric or int8 (a)symmetric, range from the streaming calibration
-statistics (edgec.calib). ``method=auto`` (default) builds the model with percentile / minmax ranges,
-with and without bias correction, from the same statistics and keeps the best output SQNR on the sample
-inputs (``mean_minmax``, NNCF's default range, is a method of its own: see _choose_config for why auto
-leaves it out). ``--set adaround=true`` then learns each
-weight's rounding layer by layer (adaround.py, Nagel et al. 2020). Placement
-(edgec.passes.quantize.placement) follows the target runtime's fusion rules; for ORT, HardSwish/HardSigmoid
-are first rewritten into int8-runnable ops (decompose.py).
-
-Selective fallback (``fallback`` parameter / option): ``auto`` times variants in ONNX Runtime (nothing
-float; depthwise convs float; SE-block convs float; both; HardSwish-bound ops float) against fp32 and
-keeps the fastest, or fp32 itself when int8 is slower everywhere; the named modes force one variant;
-``first``/``last`` keep the first/last weighted op float.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
-from edgec import calib, model_io, runtime
-from edgec.errors import EdgecError
-from edgec.graph import NameSource, add_initializer, const_array, infer_shapes, nodes_of
-from edgec.pass_infra import Pass, PassContext, register
-from edgec.passes.quantize.decompose import decompose_hard_activations
-from edgec.passes.quantize.placement import WEIGHTED, Placement, place, with_activations
+from edgec import calib
+from edgec.graph import NameSource, add_initializer, const_array
+from edgec.passes.quantize.placement import WEIGHTED, Placement
+from edgec.passes.quantize.ranges import rounded
 from edgec.passes.quantize.scheme import QuantScheme
 
 INT32_MAX = 2**31 - 1
@@ -47,351 +30,6 @@ _IR_TYPE = {np.uint8: ir.DataType.UINT8, np.int8: ir.DataType.INT8, np.uint16: i
             np.int16: ir.DataType.INT16}
 
 
-def wide_levels(scheme: QuantScheme) -> calib.Levels:
-    """The 16-bit grid of an A16W8 tensor, of the scheme's signedness and symmetry."""
-    if scheme.act_dtype == "uint8":
-        return calib.Levels(0, 65534 if scheme.act_symmetric else 65535, scheme.act_symmetric)
-    return calib.Levels(-32767 if scheme.act_symmetric else -32768, 32767, scheme.act_symmetric)
-
-
-@register("quantize", exact=False)
-class Quantize(Pass):
-    """Post-training int8 quantization: streaming calibration and Q/DQ placement for the target runtime."""
-
-    min_opset = 13  # per-channel DequantizeLinear (axis) needs opset 13
-    method: str = ""  # minmax | percentile | entropy | mse | auto ('' = option calib_method, else auto)
-    percentile: float = 99.99
-    exclude: list[str] | None = None
-    fallback: str = ""  # '' | auto | depthwise | se | hardswish | first | last, '+'-joined
-    batch: int = 8
-    weight_bits: int = 0  # 8 or 7; 0 = the target scheme's (or --set weight_bits=N)
-
-    def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        overrides: dict[str, Any] = {}
-        if ctx.options.get("per_channel") is not None:
-            overrides["per_channel"] = bool(ctx.options["per_channel"])
-        bits_from = "the target's scheme"
-        if self.weight_bits:
-            overrides["weight_bits"], bits_from = self.weight_bits, "the pass parameter quantize:weight_bits"
-        elif ctx.options.get("weight_bits") is not None:
-            overrides["weight_bits"], bits_from = _int_option(ctx.options["weight_bits"], "weight_bits"), "--set weight_bits"
-        scheme = QuantScheme.from_mapping({**(ctx.scheme or {"precision": "int8"}), **overrides})
-        method = self.method or str(ctx.options.get("calib_method") or "auto")
-        if method not in calib.METHODS:
-            raise EdgecError(f"unknown calibration method '{method}'", hint=" | ".join(calib.METHODS))
-        exclude = list(self.exclude or []) + _as_list(ctx.options.get("exclude"))
-        exclude = with_activations(model.graph, exclude)
-        fallback = _as_list(self.fallback or ctx.options.get("fallback"))
-        share = bool(ctx.options.get("share_concat", True))
-        # A16W8 (mixed precision): these nodes' quantized tensors take 16-bit activations; ORT runs them
-        # with com.microsoft Q/DQ (uint16/int16), the other runtimes' converters would not read them.
-        wide = _as_list(ctx.options.get("a16")) if scheme.placement == "ort" else []
-        bits = scheme.weight_bits
-        infer_shapes(model)
-        _name_values(model.graph)
-        inner = sum(1 for _ in model.graph.all_nodes()) - len(model.graph)
-        if inner:  # placement and calibration see the main graph only
-            ctx.details["float_in_subgraphs"] = inner
-            ctx.warn(f"{inner} nodes inside If/Loop/Scan bodies stay float (quantize rewrites the main graph only)")
-        # The float model as it would ship (HardSwish still one op): what int8 must beat in speed. The
-        # decomposed form below is slower in float (PP-LCNet 8.7 vs 4.8 ms) and would flatter int8.
-        shipped = model_io.to_bytes(model) if ctx.samples else None
-        if shipped is not None:
-            ctx.cache["fp32_model"] = shipped
-        decompose = scheme.placement == "ort" and ctx.options.get("int8_hardswish", True) and "HardSwish" not in exclude
-        if fallback == ["auto"]:
-            trial = model_io.from_proto(onnx.ModelProto.FromString(shipped)) if shipped is not None else model
-            if decompose and shipped is not None:
-                decompose_hard_activations(trial.graph, exclude)
-            fallback = self._measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped)
-            if fallback == ["fp32"]:
-                return False  # the model is untouched: the decomposition has not been applied to it
-        decomposed = decompose_hard_activations(model.graph, exclude) if decompose else 0
-        if decomposed:
-            ctx.details["hard_activations_decomposed"] = decomposed
-        exclude += fallback_exclusions(model.graph, fallback)
-        plan = place(model.graph, scheme, exclude, share_concat=share, wide=wide)
-        if not plan.nodes and not plan.tensors:
-            ctx.details["skipped"] = plan.skipped
-            return False
-        # ``minmax`` needs no histograms: min/max only, as ONNX Runtime's MinMax calibrator keeps.
-        stats = calibrate(model, [t.name or "" for t in plan.tensors], ctx, self.batch,
-                          histogram=method not in ("minmax", "mean_minmax"))
-        # The float model the int8 one is measured against: the shipped bytes unless HardSwish was decomposed.
-        before = (model_io.to_bytes(model) if decomposed else shipped) if ctx.samples else None
-        # The bias-correct pass (empirical, after quantize) measures the shift itself: correcting here
-        # too would subtract it twice.
-        bc_opt = False if ctx.options.get("bias_correct") else ctx.options.get("bias_correction", "auto")
-        if before is not None:
-            ctx.cache["float_model"] = before  # read by bias-correct (passes/bias_correct.py)
-        if method == "auto" and before is not None:
-            (method, bc), scores = self._choose_config(before, ctx, scheme, exclude, share, stats, bits, bc_opt,
-                                                       wide)
-            ctx.details["auto_scores"] = scores
-        else:
-            method = "percentile" if method == "auto" else method
-            bc = bc_opt is not False
-        params = activation_params(plan, stats, scheme, method, self.percentile)
-        rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
-        ctx.cache["weight_bits"] = bits  # read by the adaround pass
-        if _flag(ctx.options.get("adaround")) and before is not None:
-            from edgec.passes.quantize.adaround import AdaRound, adaround, head, warn_if_few
-
-            cfg = AdaRound()
-            feeds = head(ctx.calibration_feeds(), cfg.samples)
-            warn_if_few(ctx, len(feeds))
-            ctx.details["adaround"] = adaround(model, model_io.from_proto(onnx.ModelProto.FromString(before)),
-                                               feeds, bits, cfg)
-        ctx.details["bias_correction"] = bc
-        ctx.details["weight_bits"] = bits
-        ctx.details["weight_bits_why"] = f"{bits}-bit weights from {bits_from}: " + (
-            "portable for ONNX Runtime on any x86 (MLAS without VNNI sums u8*s8 pairs in a saturating int16); "
-            "use --target cpu-int8-vnni or --set weight_bits=8 where the deployment CPU has VNNI/AMX or ARM dot products"
-            if bits == 7 else "the full int8 range (the runtime accumulates in int32)")
-        if before is not None and ctx.options.get("layer_sqnr", True):
-            rows = _with_measured_sqnr(rows, before, model, ctx)
-        ctx.details["method"] = method
-        ctx.details["placement"] = scheme.placement
-        ctx.details["layers"] = rows
-        ctx.details["skipped"] = plan.skipped
-        ctx.details["calibration"] = ctx.cache.get("calib_info", {})
-        return True
-
-    def _choose_config(self, before: bytes, ctx: PassContext, scheme: QuantScheme, exclude: list[str], share: bool,
-                       stats: dict[str, calib.TensorStats], bits: int, bc_opt: Any, wide: Sequence[str] = ()
-                       ) -> tuple[tuple[str, bool], dict[str, float]]:
-        """--calib-method auto: build the model with each range rule (and with/without bias correction)
-        from the SAME statistics and keep the one whose outputs have the best SQNR on the sample inputs.
-
-        Per-tensor rules alone mislead: the MSE-optimal clip of each tensor (best SQNR of that tensor)
-        cost PP-LCNet 20 dB at the output against percentile ranges; bias correction gains 6 dB on
-        MobileNetV2 and digits and loses 7 dB on PP-LCNet.
-        """
-        from edgec import metrics, runtime
-
-        # Per-tensor MSE ("auto" in edgec.calib) scored best on PP-LCNet's calibration samples and worst on
-        # held-out images (tight clips overfit): only the generalising rules compete here.
-        # mean_minmax (NNCF's default) is NOT a candidate: judged on these calibration samples it won on
-        # PP-LCNet text (59.5 dB vs percentile's 55.2) and then lost 6.8 dB on held-aside images (35.8 vs
-        # 42.6); on held-aside PP-LCNet photos it gives 10.8 dB against percentile's 14.7. It stays a
-        # --calib-method of its own.
-        configs = [("percentile", True), ("percentile", False), ("minmax", True)]
-        if bc_opt is not None and bc_opt != "auto":
-            configs = list(dict.fromkeys((m, bool(bc_opt)) for m, _ in configs))
-        feeds = ctx.samples[:4]
-        known = ctx.cache.get("sample_outputs")  # the manager ran the float model on these already
-        ref = known[:len(feeds)] if known is not None and len(known) >= len(feeds) else \
-            runtime.run(runtime.session(before, optimization="basic"), feeds)
-        scores: dict[str, float] = {}
-        for m, bc in configs:
-            cand = model_io.from_proto(onnx.ModelProto.FromString(before))
-            plan = place(cand.graph, scheme, exclude, share_concat=share, wide=wide)
-            insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, self.percentile), scheme, bits,
-                       stats if bc else None)
-            out = runtime.run(runtime.session(model_io.to_bytes(cand), optimization="basic"), feeds)
-            scores[f"{m}{'+bias_correction' if bc else ''}"] = round(metrics.drift(ref, out).sqnr_db, 2)
-        best = max(configs, key=lambda c: scores[f"{c[0]}{'+bias_correction' if c[1] else ''}"])
-        return best, scores
-
-    def _measure_fallback(self, model: ir.Model, ctx: PassContext, scheme: QuantScheme, exclude: list[str],
-                          share: bool, method: str, bits: int, fp32: bytes | None = None) -> list[str]:
-        """--fallback auto: build each candidate, time it in ONNX Runtime against fp32, keep the fastest.
-
-        Candidates leave float: nothing; depthwise convs; SE-block convs; both; HardSwish-bound ops.
-        "fp32" (no quantization at all) wins only if every int8 variant is slower than the float model.
-        """
-        from edgec.quant_report import fastest
-
-        if not ctx.samples:
-            ctx.warn("quantize --fallback auto needs sample inputs to time variants; using no fallback")
-            return []
-        base = model_io.to_bytes(model)
-        candidates = {"none": [], "depthwise": ["depthwise"], "se": ["se"], "depthwise+se": ["depthwise", "se"],
-                      "hardswish": ["hardswish"]}
-        variants: dict[str, bytes] = {"fp32": fp32 or base}
-        seen: dict[tuple[str, ...], str] = {}
-        plans = {}
-        for key, modes in candidates.items():
-            m = model_io.from_proto(onnx.ModelProto.FromString(base))
-            skip = tuple(sorted(exclude + fallback_exclusions(m.graph, modes)))
-            if skip in seen:
-                continue  # the same float set as an earlier candidate (e.g. no SE blocks in this model)
-            seen[skip] = key
-            plan = place(m.graph, scheme, list(skip), share_concat=share)
-            if plan.tensors:
-                plans[key] = (m, plan)
-        names = sorted({t.name or "" for _m, p in plans.values() for t in p.tensors})
-        stats = calibrate(model_io.from_proto(onnx.ModelProto.FromString(base)), names, ctx, self.batch,
-                          histogram=method not in ("minmax", "mean_minmax"))
-        for key, (m, plan) in plans.items():
-            rule = "percentile" if method == "auto" else method
-            insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, self.percentile), scheme, bits,
-                       stats if ctx.options.get("bias_correction", "auto") is not False else None)
-            variants[key] = model_io.to_bytes(m)
-        best, times = fastest(variants, ctx.samples[0])
-        int8_best = min((k for k in times if k != "fp32"), key=times.__getitem__, default="fp32")
-        ctx.details["fallback"] = {"latency_ms": times, "chosen": best, "fastest_int8": int8_best}
-        if best == "fp32":
-            ctx.warn(f"quantize: every int8 variant is slower than fp32 here ({times}); --fallback auto kept fp32")
-            return ["fp32"]
-        return candidates[best]
-
-
-def _with_measured_sqnr(rows: list[dict[str, Any]], before: bytes, model: ir.Model, ctx: PassContext
-                        ) -> list[dict[str, Any]]:
-    """Add each activation's SQNR against the float model on the sample inputs; worst first."""
-    from edgec.quant_report import layer_sqnr
-
-    try:
-        measured = {r["tensor"]: r for r in layer_sqnr(before, model, ctx.samples, limit=4)}
-    except Exception as exc:  # noqa: BLE001 - the figures are a report, never a reason to fail the pass
-        ctx.warn(f"quantize: per-layer SQNR not measured ({type(exc).__name__}: {str(exc)[:120]})")
-        return rows
-    for r in rows:
-        m = measured.get(r["tensor"])
-        if r["kind"] == "activation" and m is not None:
-            r["sqnr_db"], r["cosine"] = m["sqnr_db"], m["cosine"]
-    ctx.details["outputs"] = [m for m in measured.values() if m.get("is_output")]
-    return sorted(rows, key=lambda r: (r.get("sqnr_db") is None, r.get("sqnr_db") or 0.0))
-
-
-def _int_option(value: Any, key: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise EdgecError(f"--set {key}={value!r}: expected a whole number", hint="7 or 8") from None
-
-
-def _flag(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
-
-
-def _as_list(value: Any) -> list[str]:
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.replace("+", ",").split(",") if p.strip()]
-    return [str(v) for v in value]
-
-
-def _name_values(graph: ir.Graph) -> None:
-    names = NameSource(graph)
-    for node in graph:
-        for i, out in enumerate(node.outputs):
-            if not out.name:
-                out.name = names(f"{node.name or node.op_type}_out{i}")
-
-
-def fallback_exclusions(graph: ir.Graph, modes: Sequence[str]) -> list[str]:
-    """Node names the selective fallback keeps float (see the module docstring)."""
-    names: list[str] = []
-    weighted = [n for n in graph if n.op_type in WEIGHTED]
-    if "first" in modes and weighted:
-        names.append(weighted[0].name or "")
-    if "last" in modes and weighted:
-        names.append(weighted[-1].name or "")
-    if "depthwise" in modes:
-        names += [n.name or "" for n in nodes_of(graph, "Conv") if _is_depthwise(n)]
-    if "se" in modes:
-        # Squeeze-and-excitation convs run on a 1x1 map: int8 saves nothing there, the Q/DQ around them costs.
-        for n in nodes_of(graph, "Conv"):
-            shape = n.inputs[0].shape if n.inputs[0] is not None else None
-            if shape is not None and len(shape) == 4 and shape[2] == 1 and shape[3] == 1:
-                names.append(n.name or "")
-    if "hardswish" in modes:
-        for node in nodes_of(graph, "HardSwish", "HardSigmoid"):
-            src = node.inputs[0].producer() if node.inputs[0] is not None else None
-            if src is not None and src.op_type in (*WEIGHTED, "Add", "Mul"):
-                names.append(src.name or "")
-            for user in node.outputs[0].consumers():
-                if user.op_type in ("Mul", "Add", "GlobalAveragePool"):
-                    names.append(user.name or "")
-    return [n for n in names if n]
-
-
-def _is_depthwise(node: ir.Node) -> bool:
-    w = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
-    group = int(node.attributes["group"].value) if "group" in node.attributes else 1
-    return w is not None and group > 1 and w.shape[1] == 1
-
-
-def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 8,
-              histogram: bool = True) -> dict[str, calib.TensorStats]:
-    """Streaming statistics of ``names`` over the calibration feeds (cached in ctx for later passes)."""
-    import time
-
-    key = ("calib_stats", tuple(sorted(names)))
-    cached = ctx.cache.get("calib_stats")
-    if cached is not None and cached[0] == key and (ctx.cache.get("calib_histogram", True) or not histogram):
-        return cached[1]
-    # Statistics of a superset (the mixed-precision search calibrates the union of its candidates' tensors
-    # once): the same numbers, since every tensor is measured on the float model.
-    union = ctx.cache.get("calib_union")
-    if union is not None and set(names) <= union.keys() and (ctx.cache.get("calib_histogram", True) or not histogram):
-        return {n: union[n] for n in names}
-    feeds = ctx.calibration_feeds()
-    if getattr(feeds, "synthetic", False):
-        ctx.warn("quantization ranges were calibrated on RANDOM data (--calib random): expect poor accuracy")
-    total = len(feeds)
-    progress = None
-    if ctx.progress is not None:
-        def progress(done: int, _total: int) -> None:
-            ctx.progress("calibrating", done)  # type: ignore[misc]
-    t0 = time.perf_counter()
-    wanted = set(names)
-    channels = {n.inputs[0].name for n in model.graph if n.op_type in WEIGHTED and n.inputs and n.inputs[0] is not None
-                and n.inputs[0].name in wanted}
-    stats = calib.collect(model, names, feeds, batch=batch, progress=progress, total=total, channels=channels,
-                          histogram=histogram)
-    ctx.cache["calib_stats"] = (key, stats)  # (key, stats): the form backends/tensorrt.py reads
-    ctx.cache["calib_histogram"] = histogram
-    ctx.cache["calib_info"] = {"samples": total, "tensors": len(names), "seconds": round(time.perf_counter() - t0, 3),
-                               "peak_rss_mb": round(runtime.peak_rss_mb(), 1)}
-    return stats
-
-
-def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], scheme: QuantScheme, method: str,
-                      percentile: float) -> dict[str, dict[str, Any]]:
-    """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range."""
-    out: dict[str, dict[str, Any]] = {}
-    grouped: dict[str, list[str]] = {}
-    for g in plan.groups:
-        names = [v.name or "" for v in g]
-        for n in names:
-            grouped[n] = names
-    done: set[str] = set()
-    for t in plan.tensors:
-        name = t.name or ""
-        if name in done:
-            continue
-        members = grouped.get(name, [name])
-        st = stats[members[0]]
-        for m in members[1:]:
-            st = st.merged(stats[m])
-        fixed = next((plan.fixed[m] for m in members if m in plan.fixed), None)
-        lv = wide_levels(scheme) if name in plan.wide else scheme.act_levels
-        if fixed is not None and name not in plan.wide:
-            scale, zp = fixed
-            lo, hi, used = (lv.qmin - zp) * scale, (lv.qmax - zp) * scale, "fixed"
-        else:
-            # 16 bits leave no resolution to buy with clipping: a wide tensor keeps its whole range.
-            (lo, hi), used = calib.choose_range(st, "minmax" if name in plan.wide else method, lv, percentile)
-            scale, zp = calib.scale_zero_point(lo, hi, lv)
-        for m in members:
-            own = stats[m]
-            out[m] = {"lo": float(lo), "hi": float(hi), "scale": float(scale), "zero_point": int(zp),
-                      "method": used, "shared_with": len(members) - 1,
-                      "expected_sqnr_db": _round(calib.expected_sqnr(own, lo, hi, lv)),
-                      "min": _round(own.min), "max": _round(own.max)}
-            done.add(m)
-    return out
-
-
-def _round(x: float) -> float | None:
-    return None if not math.isfinite(x) else round(float(x), 4)
-
-
-# ------------------------------------------------------------------------------------------- insertion
 def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any]], scheme: QuantScheme,
                weight_bits: int = 8, stats: dict[str, calib.TensorStats] | None = None) -> list[dict[str, Any]]:
     graph = model.graph
@@ -469,7 +107,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
         _drop_orphan(graph, old_w)
         row: dict[str, Any] = {"tensor": old_w.name if old_w is not None else None, "kind": "weight", "op": node.op_type,
                                "node": node.name, "axis": axis if w_scale.size > 1 else None,
-                               "channels": int(w_scale.size), "sqnr_db": _round(_weight_sqnr(w, w_int, w_scale, axis))}
+                               "channels": int(w_scale.size), "sqnr_db": rounded(_weight_sqnr(w, w_int, w_scale, axis))}
         if bias is not None and s_in is not None and scheme.bias == "int32" and node.op_type == "Conv" \
                 and scheme.placement == "ort":
             # ORT's BiasQuantization (qdq_transformer/bias_quantization.cc) turns the float bias of a QDQ
