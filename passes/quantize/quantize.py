@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from edgec import calib, model_io
@@ -82,7 +81,7 @@ class Quantize(Pass):
             ctx.cache["fp32_model"] = shipped
         decompose = scheme.placement == "ort" and ctx.options.get("int8_hardswish", True) and "HardSwish" not in exclude
         if fallback == ["auto"]:
-            trial = model_io.from_proto(onnx.ModelProto.FromString(shipped)) if shipped is not None else model
+            trial = model_io.from_bytes(shipped) if shipped is not None else model
             if decompose and shipped is not None:
                 decompose_hard_activations(trial.graph, exclude)
             fallback = measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped,
@@ -123,7 +122,7 @@ class Quantize(Pass):
             cfg = AdaRound()
             feeds = head(ctx.calibration_feeds(), cfg.samples)
             warn_if_few(ctx, len(feeds))
-            ctx.details["adaround"] = adaround(model, model_io.from_proto(onnx.ModelProto.FromString(before)),
+            ctx.details["adaround"] = adaround(model, model_io.from_bytes(before),
                                                feeds, bits, cfg)
         ctx.details["bias_correction"] = bc
         ctx.details["weight_bits"] = bits
