@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -82,7 +82,13 @@ class Step:
 
 
 class Instrument:
-    """Base: every hook does nothing."""
+    """Base: every hook does nothing.
+
+    ``judges``: the instrument checks the pass, so its crash is reported as the pass's failure (and rolled
+    back with ``keep_going``), like the pass's own; any other instrument's crash is edgec's and propagates.
+    """
+
+    judges: ClassVar[bool] = False
 
     def enter(self, model: ir.Model, proto: onnx.ModelProto) -> None:
         pass
@@ -122,6 +128,8 @@ class Timing(Instrument):
 
 class Validity(Instrument):
     """ONNX's checker (full: with shape inference) on the model after every pass that changed it."""
+
+    judges = True
 
     def __init__(self, warn: Callable[[str], None] | None = None) -> None:
         # False when the input model itself fails ONNX's full check (shape inference) although ORT runs it.
@@ -163,6 +171,8 @@ class DriftCheck(Instrument):
     after one, is scored on the held-aside set (as many samples as ``eval_seconds`` of float runs allow, at
     most ``eval_cap``): its record's drift is the truth about inputs calibration never saw, with the spread.
     """
+
+    judges = True
 
     def __init__(self, ctx: PassContext, *, eval_feeds: Iterable[Feed] | None = None,
                  eval_indices: Sequence[int] | None = None, eval_cap: int = 256,

@@ -110,6 +110,7 @@ class Manager:
         for i in reversed(self.instruments):  # the first instrument sits closest to the pass
             i.run_before_pass(model, step)
         backup = model_io.to_bytes(model) if self.keep_going else None
+        current: inst.Instrument | None = None  # the instrument whose after-hook runs (None: the pass)
         try:
             if p.min_opset and opset_version(model) < p.min_opset:
                 model = model_io.ensure_opset(model, p.min_opset)
@@ -120,8 +121,8 @@ class Manager:
             step.details.update(getattr(result, "details", {}))
             step.unchanged = (not step.changed and "opset_upgraded_to" not in step.details
                               and len(self.records) > 1)
-            for i in self.instruments:
-                i.run_after_pass(model, step)
+            for current in self.instruments:
+                current.run_after_pass(model, step)
         except PassFailed as exc:
             if not self.keep_going or backup is None:
                 raise
@@ -129,6 +130,8 @@ class Manager:
         except EdgecError:
             raise
         except Exception as exc:
+            if current is not None and not current.judges:
+                raise  # figures, diff, dump: a fault of the instrument, not of the pass
             # A crash inside a pass is a bug in edgec; keep the traceback for --verbose.
             err = PassFailed(f"pass '{p.name}' crashed: {type(exc).__name__}: {exc}",
                              hint="rerun with --verbose for the traceback; --keep-going skips the pass")

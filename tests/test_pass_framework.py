@@ -257,3 +257,15 @@ def test_cheap_default_set_has_no_drift_and_no_diff():
     mgr.run(model, [parse_spec("fuse-bn")])
     rec = mgr.records[-1]
     assert rec.drift is None and rec.diff is None and rec.summary.nodes == 1 and rec.seconds > 0
+
+
+def test_a_crashing_non_judging_instrument_is_not_blamed_on_the_pass():
+    class Broken(instruments.Instrument):
+        def run_after_pass(self, model, step):
+            raise OSError("disk full")
+
+    model = graphs.conv_bn(bias=True)
+    mgr = Manager(PassContext(), keep_going=True, instruments=[instruments.Figures(), Broken()])
+    with pytest.raises(OSError, match="disk full"):  # not rolled back as if fuse-bn had failed
+        mgr.run(model, [parse_spec("fuse-bn")])
+    assert [r.status for r in mgr.records] == ["ok"]  # the input record only
