@@ -107,9 +107,9 @@ class Manager:
         # lossy pass comparing its own candidates (quantize's method choice) reads them instead of running
         # the float model again.
         self.ctx.cache["sample_outputs"] = self.final_outputs
+        backup = model_io.to_bytes(model) if self.keep_going else None  # not timed as part of the pass
         for i in reversed(self.instruments):  # the first instrument sits closest to the pass
             i.run_before_pass(model, step)
-        backup = model_io.to_bytes(model) if self.keep_going else None
         current: inst.Instrument | None = None  # the instrument whose after-hook runs (None: the pass)
         try:
             if p.min_opset and opset_version(model) < p.min_opset:
