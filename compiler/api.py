@@ -208,6 +208,8 @@ def compile(
     pipeline = _recovery_passes(pipeline, options)
     loaded = load_model(model, shapes)
     warnings: list[str] = []
+    if passes is not None:
+        pipeline = _required_legalize(tgt, pipeline, warnings)
     preprocess = options.get("preprocess")
     sets = split_samples(loaded, calib, samples, calib_limit=calib_limit, preprocess=preprocess,
                          warnings=warnings)
@@ -334,6 +336,20 @@ def collapse_warning(who: str, d: Drift) -> str:
     return (f"{who}: {len(bad)} of {d.samples} held-aside inputs collapse (SQNR < {COLLAPSE_DB:g} dB"
             f"{f', {flips} confident top-1 flips' if flips else ''}); worst is sample {worst} at "
             f"{per.get(worst, math.nan):.1f} dB")
+
+
+def _required_legalize(tgt: targets.Target, pipeline: list[Pass], warnings: list[str]) -> list[Pass]:
+    """``--passes`` without a legalize pass the backend needs (its writer maps only the one-op forms;
+    the module says so with ``LEGALIZE_REQUIRED``): appended last, checked and recorded like the others."""
+    if not getattr(get_backend(tgt.backend), "LEGALIZE_REQUIRED", False):
+        return pipeline
+    have = {p.name for p in pipeline}
+    missing = [p for stage, ps in tgt.stages if stage.startswith("legalize-") for p in ps if p not in have]
+    if not missing:
+        return pipeline
+    warnings.append(f"--passes left out {', '.join(missing)}, which the {tgt.backend} backend needs: "
+                    "appended at the end (checked and recorded like the others)")
+    return pipeline + parse_pipeline(missing)
 
 
 def _recovery_passes(pipeline: list[Pass], options: dict[str, Any]) -> list[Pass]:

@@ -12,6 +12,9 @@ Before a Conv without padding, or a Gemm (the affine's output read by nothing el
     conv(x * a)  ->  conv'(x)  with W[:, j] * a[j]
     conv(x + b)  ->  conv'(x)  with bias[o] + sum_j,k W[o, j, k] * b[j]
 A padded Conv is left alone on its input side: its zero border would become -b / a in the folded form.
+
+The matcher stays hand-written, not an onnxscript rewrite rule (passes/patterns.py says why): the fold
+edits the weights of the Conv/Gemm in place and removes the Mul/Add; there is no subgraph to replace.
 """
 
 from __future__ import annotations

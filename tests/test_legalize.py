@@ -2,8 +2,8 @@
 
 * every built-in target's report.json lists its legalize stage's passes as pass records, last;
 * qdq-compact (cpu-int8): smaller file, ONNX Runtime outputs bit-identical to the uncompacted file;
-* tflite-hardswish / tflite-gelu: the writer gets one-op forms (HARD_SWISH, GELU), and a pipeline that
-  skips them still converts, with a warning that the backend legalized its own copy;
+* tflite-hardswish / tflite-gelu: the writer gets one-op forms (HARD_SWISH, GELU); a --passes list that
+  skips them gets them appended as checked passes, with a warning (the backend rewrites nothing);
 * targets: stages and ``extends`` resolve, and bad files are one-line errors.
 """
 
@@ -152,14 +152,32 @@ def test_qdq_compact_file_is_smaller_and_outputs_bit_identical(digits_model: Pat
     assert all(not n.name for n in m.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
 
 
-def test_pipeline_without_legalize_still_converts_with_a_warning(net: Path, feeds, tmp_path: Path) -> None:
-    """--passes without the TFLite legalize passes: the backend legalizes its private copy and says so."""
+def test_pipeline_without_legalize_gets_it_appended_with_a_warning(net: Path, feeds, tmp_path: Path) -> None:
+    """--passes without the TFLite legalize passes: compile appends them (checked, recorded) and says so;
+    the backend rewrites nothing."""
     res = edgec.compile(net, target="tflite-fp32", passes=["fold", "dce"], samples=feeds[12:],
                         out_dir=tmp_path / "o", options={"bench_runs": 0})
-    assert any("did not run tflite-hardswish, tflite-gelu" in w for w in res.report.warnings), res.report.warnings
+    assert any("left out tflite-hardswish, tflite-gelu" in w for w in res.report.warnings), res.report.warnings
+    assert [r.name for r in res.records][-2:] == ["tflite-hardswish", "tflite-gelu"]
+    assert all(r.changed and r.exact and r.status == "ok" for r in res.records[-2:])
     assert res.artifacts.figures["ops"]["GELU"] == 1 and res.artifacts.figures["ops"]["HARD_SWISH"] == 1
     assert res.artifacts.figures["drift"]["max_rel"] <= 1e-4
-    assert sum(n.op_type == "Erf" for n in res.model.graph) == 1  # the compiled model itself is untouched
+    ops = [n.op_type for n in res.model.graph]  # the compiled model is what the writer got
+    assert "Erf" not in ops and ops.count("Gelu") == 1 and ops.count("HardSwish") == 1
+    # A list that has them is left as given, and the ONNX Runtime backend needs none (qdq-compact is
+    # an optimization there, not a mapping): no warning.
+    res2 = edgec.compile(net, target="cpu-int8", passes=["fold", "dce"], samples=feeds[12:],
+                         out_dir=tmp_path / "o2", options={"bench_runs": 0})
+    assert [r.name for r in res2.records][-1] == "dce" and not any("left out" in w for w in res2.report.warnings)
+
+
+def test_the_tflite_writer_rewrites_nothing() -> None:
+    """Handed a spelled-out erf GELU directly (no legalize stage), the converter names the node it cannot
+    map instead of fusing it on a private copy."""
+    from edgec.backends.tflite import convert
+
+    with pytest.raises(EdgecError, match=r"node 'gelu_erf': op 'Erf' has no TFLite mapping"):
+        convert(model_io.from_proto(_net(opset=17)), "fp32")
 
 
 def test_gelu_waits_for_the_qdq_graph_on_int8_targets() -> None:

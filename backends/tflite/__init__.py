@@ -31,41 +31,21 @@ from .writer import Builder, write_atomic
 __all__ = ["LiteRTModel", "convert", "drift", "emit", "static_copy"]
 
 THREADS = 2
+#: The writer maps HardSwish/Gelu only in their one-op forms: a --passes list that leaves out the target's
+#: legalize stage gets it appended by edgec.compile (as checked passes; this backend rewrites nothing).
+LEGALIZE_REQUIRED = True
 
 
 def convert(model: ir.Model, precision: str = "fp32", io: str = "float", keep_nchw_io: bool = False,
             samples: list[dict[str, np.ndarray]] | None = None) -> tuple[bytes, Builder]:
     """The .tflite bytes for ``model`` (not modified) and the builder (tensors, op histogram).
 
-    A model that did not go through a tflite-* target's pipeline gets its legalize passes here, on the
-    private copy (see ``legalize``)."""
-    data, builder, _ = _convert(model, precision, io, keep_nchw_io, samples)
-    return data, builder
-
-
-def _convert(model: ir.Model, precision: str, io: str, keep_nchw_io: bool,
-             samples: list[dict[str, np.ndarray]] | None) -> tuple[bytes, Builder, list[str]]:
-    static = static_copy(model, samples)
-    applied = legalize(static, precision)
-    builder = Converter(static, precision, io, keep_nchw_io).convert()
-    return builder.pack(), builder, applied
-
-
-def legalize(model: ir.Model, precision: str) -> list[str]:
-    """Run the built-in legalize stage for ``precision`` (targets.toml: legalize-tflite[-int8]) on
-    ``model`` in place; the names of the passes that changed it.
-
-    In a tflite-* compile these passes already ran as the pipeline's last, checked and recorded, and
-    change nothing here. They change something only for a model compiled with an explicit ``--passes``
-    list without them (or converted from Python directly): the writer still gets the one-op forms it
-    maps (an erf GELU chain has no other mapping), and ``emit`` warns that the manager did not check it.
-    """
-    from edgec import targets
-    from edgec.pass_infra import PassContext, parse_pipeline
-
-    stage = targets.stage("legalize-tflite-int8" if precision == "int8" else "legalize-tflite")
-    ctx = PassContext(scheme={"precision": precision})
-    return [p.name for p in parse_pipeline(list(stage)) if p.apply(model, ctx)]
+    The writer maps what it gets and rewrites nothing: the one-op forms it needs (HardSwish, Gelu) come
+    from the tflite-* targets' legalize stage, which ``edgec.compile`` runs as checked passes (and
+    appends to a ``--passes`` list that left it out). A spelled-out erf GELU handed here directly is a
+    one-line error (Erf has no TFLite mapping)."""
+    builder = Converter(static_copy(model, samples), precision, io, keep_nchw_io).convert()
+    return builder.pack(), builder
 
 
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
@@ -81,11 +61,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     if precision == "int8" and not any(n.op_type == "QuantizeLinear" for n in model.graph):
         raise EdgecError("tflite-int8 needs a QDQ graph (QuantizeLinear/DequantizeLinear) and this one has none",
                          hint="keep the 'quantize' pass in the pipeline, or use --target tflite-fp32")
-    data, builder, applied = _convert(model, precision, io, keep, samples)
-    if applied:
-        ctx.warn(f"the pipeline did not run {', '.join(applied)}: the TFLite backend applied "
-                 f"{'it' if len(applied) == 1 else 'them'} to its own copy, outside the manager's checks "
-                 "(add them to --passes)")
+    data, builder = convert(model, precision, io, keep, samples)
     path = out_dir / "model.tflite"
     write_atomic(data, path)
     arts = Artifacts(backend="tflite", files={"model": path})
