@@ -28,10 +28,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgec import targets
 from edgec.errors import EXIT_BUDGET, EXIT_INTERNAL, EXIT_OK, EXIT_USER, EdgecError
+
+if TYPE_CHECKING:  # Python 3.10 has no typing.Self
+    from typing_extensions import Self
 
 STAMP = "build.json"
 MODEL_KEYS = {"path", "factory", "shape", "calib", "samples", "shapes", "targets", "options"}
@@ -120,8 +123,8 @@ def build(manifest: Manifest, *, jobs: int = 1, ray_address: str | None = None, 
                 on_row(rows[job.folder])
         else:
             todo.append(job)
-    with _executor(jobs, use_ray, ray_address) as submit:
-        futures = [(job, submit(run_job, job, pack(job) if use_ray else None)) for job in todo]
+    with Executor(jobs, use_ray, ray_address) as ex:
+        futures = [(job, ex.submit(run_job, job, pack(job) if use_ray else None)) for job in todo]
         for job, fut in futures:
             try:
                 result = fut()
@@ -284,44 +287,91 @@ def _stamp(folder: Path) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------- executors
-class _executor:
-    """submit(fn, *args) -> a callable returning the result: in-process, a process pool, or Ray."""
+_NO_SHARED = object()
+_SHARED: Any = _NO_SHARED  # a pool worker's copy of the executor's shared object (set by its initializer)
 
-    def __init__(self, jobs: int, use_ray: bool, address: str | None) -> None:
+
+def _set_shared(shared: Any) -> None:
+    global _SHARED
+    _SHARED = shared
+
+
+def _with_shared(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(_SHARED, *args)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """What a Ray task runs: Ray resolves a top-level ObjectRef argument (the shared object) to its value."""
+    return fn(*args)
+
+
+class Executor:
+    """Runs independent calls in-process (``jobs=1``), in a local process pool (``jobs>1``) or as Ray tasks.
+
+    ``submit(fn, *args)`` returns a callable giving ``fn``'s result; ``map`` keeps the order of its items.
+    ``fn`` must be a module-level function (it is pickled by reference) and its arguments plain data:
+    bytes, arrays, dicts, never paths, so a Ray node needs no shared filesystem. ``shared``: one object
+    every call receives as its first argument, sent once per worker (the pool's initializer) or once per
+    cluster (Ray's object store), not once per call. The build's pairs, the sensitivity analysis's and the
+    mixed-precision search's candidates all run through this class, so their results do not depend on
+    which executor ran them (each call is a pure function of its arguments).
+    """
+
+    def __init__(self, jobs: int = 1, use_ray: bool = False, address: str | None = None,
+                 shared: Any = _NO_SHARED) -> None:
         if jobs < 1:
             raise EdgecError(f"-j {jobs}: must be at least 1")
-        self.jobs, self.use_ray, self.address = jobs, use_ray, address
+        self.jobs, self.use_ray, self.address, self.shared = jobs, use_ray, address, shared
         self.pool: concurrent.futures.Executor | None = None
+        self.width = 1 if not use_ray else 0  # how many calls run at once (Ray: the cluster's CPUs)
+        self._ref: Any = None
+        self._ray: Any = None
 
-    def __enter__(self) -> Callable[..., Callable[[], Any]]:
+    def __enter__(self) -> Self:
         if self.use_ray:
             try:
                 import ray
             except ImportError:
                 raise EdgecError("--ray needs Ray", hint="pip install 'edgec[ray]'") from None
             try:
-                ray.init(address=self.address, ignore_reinit_error=True, include_dashboard=False,
+                ray.init(address=self.address or None, ignore_reinit_error=True, include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise EdgecError(f"--ray {self.address or ''}: cannot reach a Ray cluster ({str(exc)[:200]})",
                                  hint="start one with `ray start --head` or give its address") from None
-            remote = ray.remote(run_job)
+            self._ray = ray.remote(_call)
+            self.width = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            if self.shared is not _NO_SHARED:
+                self._ref = ray.put(self.shared)
+        elif self.jobs > 1:
+            # spawn: forking a process that already holds ONNX Runtime's thread pools is not safe
+            # the shared object goes to each worker once (its initializer), not with every call
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                self.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_set_shared,
+                initargs=(self.shared,))
+            self.width = self.jobs
+        return self
 
-            def submit_ray(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-                ref = remote.remote(*args)  # started now; the driver collects in manifest order
-                return lambda: ray.get(ref)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        lead = () if self.shared is _NO_SHARED else (self.shared,)
+        if self._ray is not None:
+            import ray
 
-            return submit_ray
-        if self.jobs == 1:
-            return lambda fn, *args: (lambda: fn(*args))
-        # spawn: forking a process that already holds ONNX Runtime's thread pools is not safe
-        self.pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
-        pool = self.pool
-        return lambda fn, *args: pool.submit(fn, *args).result
+            ref = self._ray.remote(fn, *((self._ref,) if lead else ()), *args)  # started now
+            return lambda: ray.get(ref)
+        if self.pool is not None:
+            future = self.pool.submit(_with_shared, fn, *args) if lead else self.pool.submit(fn, *args)
+            return future.result
+        return lambda: fn(*lead, *args)
+
+    def map(self, fn: Callable[..., Any], items: list[tuple[Any, ...]]) -> list[Any]:
+        """``[fn(*item) for item in items]``, run on the executor; results in the order of ``items``."""
+        pending = [self.submit(fn, *item) for item in items]
+        return [get() for get in pending]
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(cancel_futures=True)
         if self.use_ray:
             import ray
 

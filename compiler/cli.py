@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                         "10th-percentile sample (p10, default: a collapsing tenth of the inputs fails it, one "
                         "odd input does not) or the worst sample (min)")
     q.add_argument("--max-float", type=int, help="mixed precision: keep at most this many layers float")
+    _add_executor(q, "the mixed-precision search's candidates")
     pr = c.add_argument_group("pruning and depthwise replacement")
     pr.add_argument("--prune-skip", action="append", help="node names the prune pass leaves alone")
     pr.add_argument("--no-reconstruct", action="store_true", help="prune without least-squares reconstruction")
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--limit", type=int, help="use at most this many calibration samples")
     se.add_argument("--preprocess")
     se.add_argument("-o", "--out", help="folder for sensitivity.json/.txt/.svg")
+    _add_executor(se, "the candidate evaluations")
     _add_common(se)
 
     lt = sub.add_parser("lint", help="check a model against TensorRT's Q/DQ and op rules")
@@ -178,13 +180,18 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="compile a manifest of models x targets, incrementally (README: Fleet builds)")
     b.add_argument("manifest", help="a TOML manifest, e.g. edgec.toml")
-    b.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1: serial)")
-    b.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run the pairs as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
+    _add_executor(b, "the pairs")
     b.add_argument("--force", action="store_true", help="rebuild every pair, changed or not")
     b.add_argument("-q", "--quiet", action="store_true")
     b.add_argument("-v", "--verbose", action="store_true")
     return ap
+
+
+def _add_executor(p: Any, what: str) -> None:
+    """-j / --ray: where independent jobs run (compiler/build.py's Executor); results do not depend on it."""
+    p.add_argument("-j", "--jobs", type=int, default=1, help=f"run {what} on N local processes (default 1)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"run {what} as Ray tasks (edgec[ray]); without ADDRESS a local Ray is started")
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -306,7 +313,8 @@ def _search(args: argparse.Namespace, model: str, calib: str | None, out: str | 
                                      out_dir=out, equalize=args.equalize, bias_correct=args.bias_correct,
                                      limit=args.calib_limit, preprocess=opts.get("preprocess"),
                                      target_file=args.target_file, max_steps=args.max_float,
-                                     budget_on=args.budget_on)
+                                     budget_on=args.budget_on, jobs=args.jobs, use_ray=args.ray is not None,
+                                     ray_address=args.ray or None)
     opts["exclude"] = sorted(set(opts.get("exclude", [])) | set(res.exclude))
     if res.a16:
         opts["a16"] = list(res.a16)
@@ -323,7 +331,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     res = sensitivity.run_sensitivity(args.model, args.target, args.calib or "random", eval_spec=args.eval,
                                       metric=args.metric, out_dir=args.out, limit=args.limit,
-                                      preprocess=args.preprocess, target_file=args.target_file)
+                                      preprocess=args.preprocess, target_file=args.target_file,
+                                      jobs=args.jobs, use_ray=args.ray is not None, ray_address=args.ray or None)
     if not args.quiet:
         print(res.table())
     return 0

@@ -30,6 +30,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgec import calib, metrics, model_io, runtime, targets
+from edgec.candidates import Outcome, Pool
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import Feed
@@ -44,6 +45,7 @@ from edgec.sensitivity import (
     exclusion_unit,
     prepare_float,
     split_feeds,
+    split_pipeline,
 )
 
 
@@ -139,7 +141,8 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
            out_dir: str | Path | None = None, sensitivity: SensitivityResult | None = None,
            quantizer: Quantizer | None = None, budget_on: str = "mean", a16: bool = True,
            a16_max: float = 0.25, time_latency: bool = False, latency_runs: int = 20, calib_check: int = 8,
-           progress: Callable[[str], Any] | None = None) -> SearchResult:
+           progress: Callable[[str], Any] | None = None, jobs: int = 1, use_ray: bool = False,
+           ray_address: str | None = None) -> SearchResult:
     """Budgeted mixed precision; see the module docstring. Never returns without a model.
 
     ``model``: the input model (path or IR); the target's float pipeline (everything before ``quantize``)
@@ -150,7 +153,9 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     ``a16=False`` skips the 16-bit step; ``a16_max`` caps it (fraction of the quantized tensors). ``equalize`` runs ``equalize:clip=split`` before quantizing;
     ``bias_correct`` corrects biases after. With ``out_dir`` the best model so far and the table are
     rewritten after every step, so even an interrupted run leaves them. ``quantizer`` (from an earlier
-    ``analyze``/``search`` on the same float model and scheme) reuses its calibration.
+    ``analyze``/``search`` on the same float model and scheme) reuses its calibration. ``jobs`` /
+    ``use_ray`` / ``ray_address``: where the candidate evaluations run (candidates.Pool); the table and
+    the chosen configuration do not depend on it.
     """
     if max_drop is None and min_sqnr is None:
         raise EdgecError("mixed precision needs a budget", hint="--max-drop POINTS or --min-sqnr DB")
@@ -173,45 +178,37 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     if max_drop is not None and metric == "sqnr":
         raise EdgecError("--max-drop with the sqnr metric has no fp32 reference value to drop from",
                          hint="use --min-sqnr DB, or --metric top1 / module:function")
+    int8_part = split_pipeline(tgt)[1]
     if bias_correct:
         # The quantize pass has its own (analytic, per-channel-mean) bias correction: one correction, not two.
         options = {**dict(options or {}), "bias_correction": False}
-    q = quantizer or Quantizer(float_model, tgt.scheme, calib_feeds, options)
+        int8_part = [*int8_part, "bias-correct"]  # run by the Manager after quantize, per configuration
+    if quantizer is not None and bias_correct != ("bias-correct" in quantizer.passes):
+        raise EdgecError("bias_correct must match the quantizer given (its passes: "
+                         f"{', '.join(quantizer.passes)})")
+    q = quantizer or Quantizer(float_model, tgt.scheme, calib_feeds, options, passes=int8_part)
     ev = Evaluator(float_model, eval_feeds, metric, budget_on)
     cev = Evaluator(float_model, calib_feeds[:calib_check], "sqnr")  # acceptance: calibration samples only
     fallback = "fp16" if tgt.backend in ("tensorrt", "tflite") else "fp32"
-    check = (calib_feeds[:8], runtime.run(runtime.session(float_model, optimization="basic"), calib_feeds[:8]))
 
     def meets(s: Score) -> bool:
         sq = s.metric if ev.metric_name == "sqnr" else s.sqnr_db
         return (max_drop is None or s.drop <= max_drop + 1e-9) and (min_sqnr is None or sq >= min_sqnr)
 
-    def build(exclude: list[str], wide: list[str]) -> ir.Model:
-        m, _ = q(exclude, wide)
-        if bias_correct:
-            from edgec.passes.bias_correct import correct_biases
-
-            # Guarded on calibration samples (never the evaluation data the budget is judged on).
-            correct_biases(m, float_model, calib_feeds[:64], int32_bias=tgt.scheme.get("bias", "int32") == "int32",
-                           check=check)
-        return m
-
     steps: list[Step] = []
     rejected: list[Step] = []
     best: tuple[ir.Model, Step] | None = None
 
-    def measure(action: str, layers: list[str], exclude: list[str], wide: list[str]) -> Step:
+    def record(action: str, layers: list[str], exclude: list[str], wide: list[str], out: Outcome) -> Step:
+        """Judge one evaluated configuration, in the search's order (whatever order the executor ran them)."""
         nonlocal best
-        m = build(exclude, wide)
-        data = model_io.to_bytes(m)
-        sess = runtime.session(data, optimization="basic")  # one session for both feed sets
-        c = cev.score(data, sess).sqnr_db
-        s = ev.score(data, sess)
+        assert out.model is not None and out.check_sqnr_db is not None
+        s, c = out.score, out.check_sqnr_db
         lat = math.nan
-        if time_latency:
-            lat = runtime.time_session(runtime.session(m, threads=2), ev.feeds[0], runs=latency_runs,
+        if time_latency:  # timed here, one at a time: parallel workers would disturb each other's timing
+            lat = runtime.time_session(runtime.session(out.model, threads=2), ev.feeds[0], runs=latency_runs,
                                        warmup=3)["median_ms"]
-        step = Step(list(layers), s.metric, s.drop, s.sqnr_db, s.top1, lat, len(data), meets(s),
+        step = Step(list(layers), s.metric, s.drop, s.sqnr_db, s.top1, lat, out.size_bytes, meets(s),
                     exclude=list(exclude), a16=list(wide), action=action, calib_sqnr_db=c, sqnr_p10=s.sqnr_p10,
                     sqnr_min=s.sqnr_min)
         # Accepted only if the calibration SQNR does not fall (the table is monotone by construction).
@@ -222,7 +219,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
             # Best: the first configuration meeting the budget (fewest changes); until one does, the best
             # budget figure seen.
             if best is None or (step.meets and not best[1].meets) or (not best[1].meets and step.metric > best[1].metric):
-                best = (m, step)
+                best = (model_io.from_bytes(out.model), step)
         if out_dir is not None and best is not None:
             _result(best, steps, rejected, False, "search in progress", ev, fallback, q, sensitivity, 0.0).save(out_dir)
         if progress:
@@ -231,32 +228,44 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
                      f"{'' if step in steps else ' (rejected: calibration SQNR fell)'}")
         return step
 
-    base = measure("int8", [], [], [])
-    _, details = q((), ())
-    wide: list[str] = []
-    if not base.meets and a16 and tgt.scheme.get("placement", "ort") == "ort":
-        acts = sorted((r for r in details.get("layers", []) if r.get("kind") == "activation"),
-                      key=lambda r: r.get("expected_sqnr_db") if r.get("expected_sqnr_db") is not None else math.inf)
-        # "The few tensors that need them": at most ``a16_max`` of the quantized tensors go 16-bit (ORT runs a
-        # 16-bit tensor's readers unfused, in float), the noisiest first.
-        order_t = [str(r["tensor"]) for r in acts][: max(1, round(len(acts) * a16_max))]
-        for k in sizes(len(order_t)):
-            st = measure("a16", [], [], order_t[:k])
-            if st.meets:
-                break
-    if best is not None and not best[1].meets:
-        wide = list(steps[-1].a16)
-        fm_graph = q.float_model()
-        all_c = candidates(fm_graph)
-        order = sensitivity.ranking if sensitivity is not None else _local_ranking(fm_graph, q, calib_feeds[:8], all_c)
-        order = order[: max_steps] if max_steps else order
-        for k in sizes(len(order)):
-            layers = order[:k]
-            exclude: list[str] = []
-            for name in layers:
-                exclude += [x for x in exclusion_unit(fm_graph, name) if x not in exclude]
-            if measure("float", layers, exclude, wide).meets:
-                break
+    def until_met(action: str, configs: list[tuple[list[str], list[str], list[str]]], pool: Pool) -> None:
+        """Measure (layers, exclude, wide) configurations in order up to the first meeting the budget. The
+        executor evaluates ``pool.width`` of them at once; results are judged in order and those after the
+        first meeting one are dropped, so the table is the serial search's, on any executor."""
+        for at in range(0, len(configs), pool.width):
+            window = configs[at:at + pool.width]
+            outs = pool.map([(ex, wide) for _, ex, wide in window], want_model=True)
+            for (layers, ex, wide), out in zip(window, outs):
+                if record(action, layers, ex, wide, out).meets:
+                    return
+
+    _, details = q((), ())  # in-process first: it fixes the range rule every candidate then shares
+    with Pool(q, ev, cev, jobs=jobs, use_ray=use_ray, address=ray_address) as pool:
+        until_met("int8", [([], [], [])], pool)
+        base = steps[0]
+        wide: list[str] = []
+        if not base.meets and a16 and tgt.scheme.get("placement", "ort") == "ort":
+            acts = sorted((r for r in details.get("layers", []) if r.get("kind") == "activation"),
+                          key=lambda r: r.get("expected_sqnr_db") if r.get("expected_sqnr_db") is not None
+                          else math.inf)
+            # "The few tensors that need them": at most ``a16_max`` of the quantized tensors go 16-bit (ORT
+            # runs a 16-bit tensor's readers unfused, in float), the noisiest first.
+            order_t = [str(r["tensor"]) for r in acts][: max(1, round(len(acts) * a16_max))]
+            until_met("a16", [([], [], order_t[:k]) for k in sizes(len(order_t))], pool)
+        if best is not None and not best[1].meets:
+            wide = list(steps[-1].a16)
+            fm_graph = q.float_model()
+            all_c = candidates(fm_graph)
+            order = sensitivity.ranking if sensitivity is not None else _local_ranking(fm_graph, q, calib_feeds[:8],
+                                                                                        all_c)
+            order = order[: max_steps] if max_steps else order
+            configs = []
+            for k in sizes(len(order)):
+                exclude: list[str] = []
+                for name in order[:k]:
+                    exclude += [x for x in exclusion_unit(fm_graph, name) if x not in exclude]
+                configs.append((order[:k], exclude, wide))
+            until_met("float", configs, pool)
     assert best is not None
     b = best[1]
     met = b.meets
@@ -350,7 +359,8 @@ def run_search(model: str | Path, target: str = "cpu-int8", calib: str | Path = 
                eval_spec: str | Path | None = None, out_dir: str | Path | None = None, equalize: bool = False,
                bias_correct: bool = False, limit: int | None = None, preprocess: Any = None,
                target_file: str | Path | None = None, budget_on: str = "mean", max_steps: int | None = None,
-               progress: Callable[[str], Any] | None = None) -> SearchResult:
+               progress: Callable[[str], Any] | None = None, jobs: int = 1, use_ray: bool = False,
+               ray_address: str | None = None) -> SearchResult:
     """``edgec compile MODEL --target T --calib C --max-drop P | --min-sqnr DB [-o DIR]``: the search, then
     the best model + pareto.json/pareto.txt in ``out_dir`` (written even when the budget is not met).
 
@@ -361,4 +371,4 @@ def run_search(model: str | Path, target: str = "cpu-int8", calib: str | Path = 
     cal, ev, _ = split_feeds(loaded, calib, eval_spec, limit=limit, preprocess=preprocess)
     return search(loaded, tgt, cal, ev, max_drop=max_drop, min_sqnr=min_sqnr, metric=metric, out_dir=out_dir,
                   equalize=equalize, bias_correct=bias_correct, budget_on=budget_on, max_steps=max_steps,
-                  progress=progress)
+                  progress=progress, jobs=jobs, use_ray=use_ray, ray_address=ray_address)

@@ -189,14 +189,16 @@ def quant_report(model: str | Path, calib: str | Path | None, *, target: str = "
 
     # Compare against the float model right before quantize (after fuse-bn etc.): tensor names keep
     # their meaning only there (a Conv output means Conv+BN once BN is folded).
-    tgt = targets.get(target)
-    before = [p for p in tgt.passes if p.split(":")[0] != "quantize"]
+    # The float part and the int8 part of the target's pipeline come from its stages (split_pipeline).
+    from edgec.sensitivity import QUANTIZE, split_pipeline
+
+    before, int8_part = split_pipeline(targets.get(target))
     fp32 = edgec.compile(model, target=target, passes=before, shapes=shapes).model if before else \
         edgec.api.load_model(model, shapes)
     fp32_bytes = model_io.to_bytes(fp32)
-    res = edgec.compile(model_io.from_bytes(fp32_bytes), target=target, passes=["quantize"], calib=calib,
+    res = edgec.compile(model_io.from_bytes(fp32_bytes), target=target, passes=int8_part, calib=calib,
                         calib_limit=calib_limit, options=options)
-    q = next((r for r in res.records if r.name == "quantize"), None)
+    q = next((r for r in res.records if r.name == QUANTIZE), None)
     src = data.load_feeds(calib if calib is not None else "random", fp32, limit=calib_limit,
                           preprocess=(options or {}).get("preprocess"))
     warnings = list(res.context.warnings)

@@ -28,10 +28,11 @@ import onnx_ir as ir
 from edgec import metrics, model_io, runtime, targets
 from edgec.errors import EdgecError
 from edgec.graph import const_array, nodes_of
-from edgec.pass_infra import Feed, PassContext, parse_pipeline, parse_spec
+from edgec.pass_infra import Feed, PassContext, parse_pipeline
 from edgec.passes.quantize.placement import ACTIVATIONS
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+QUANTIZE = "quantize"  # the registered pass that inserts Q/DQ; the stage holding it starts the int8 part
 #: a user metric: (candidate outputs, fp32 outputs) per eval feed -> a score, higher is better
 MetricFn = Callable[[Sequence[Feed], Sequence[Feed]], float]
 
@@ -98,17 +99,37 @@ class Quantizer:
     """
 
     def __init__(self, model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Feed],
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None, passes: Sequence[str] = (QUANTIZE,)) -> None:
         self.float_bytes = model_io.to_bytes(model)
         self.scheme = dict(scheme)
         self.feeds = list(calib_feeds)
         # Per-layer SQNR rows of the quantize pass cost one ORT run per layer and are not used here.
         self.options = {"layer_sqnr": False, **dict(options or {})}
+        #: the int8 part of the target's pipeline (split_pipeline), run by the Manager per configuration
+        self.passes = tuple(passes)
         self.kind = "quantize pass"
         self.cache: dict[str, Any] = {}
         self.fixed: dict[str, Any] = {}  # calib_method / bias_correction chosen on the all-int8 model
         # Searches revisit configurations (the analysis's all-but-one runs are the search's first steps).
         self._memo: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[bytes, dict[str, Any]]] = {}
+        self.remember = True  # a worker's copy (from_state) sees each configuration once: no memo
+
+    def state(self) -> dict[str, Any]:
+        """What a worker needs to quantize exactly as this object does, as plain data (no models, no paths):
+        the float bytes, the feeds, the options and choices fixed so far and the shared statistics."""
+        self._union()
+        keep = ("calib_union", "calib_histogram")
+        return {"float_bytes": self.float_bytes, "scheme": self.scheme, "feeds": self.feeds, "options": self.options,
+                "passes": self.passes, "fixed": dict(self.fixed), "cache": {k: self.cache[k] for k in keep
+                                                                            if k in self.cache}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Quantizer:
+        q = cls.__new__(cls)
+        q.float_bytes, q.scheme, q.feeds = state["float_bytes"], dict(state["scheme"]), list(state["feeds"])
+        q.options, q.passes, q.kind = dict(state["options"]), tuple(state["passes"]), "quantize pass"
+        q.cache, q.fixed, q._memo, q.remember = dict(state["cache"]), dict(state["fixed"]), {}, False
+        return q
 
     def float_model(self) -> ir.Model:
         return model_io.from_bytes(self.float_bytes)
@@ -119,7 +140,8 @@ class Quantizer:
         key = (ex, tuple(sorted(set(wide) - set(ex))))
         if key not in self._memo:
             model, details = self._quantize(list(key[0]), list(key[1]))
-            self._memo[key] = (model_io.to_bytes(model), details)
+            if self.remember:
+                self._memo[key] = (model_io.to_bytes(model), details)
             return model, details
         data, details = self._memo[key]
         return model_io.from_bytes(data), dict(details)
@@ -154,8 +176,8 @@ class Quantizer:
                           cache=self.cache)
         ctx.cache["float_model"] = self.float_bytes  # what bias-correct reads
         mgr = Manager(ctx, check_drift=False)
-        model = mgr.run(model, [parse_spec("quantize")])
-        details = dict(mgr.records[-1].details)
+        model = mgr.run(model, parse_pipeline(list(self.passes)))
+        details = dict(mgr.records[1].details)  # the first pass of the int8 part: quantize (records[0]: input)
         if not self.fixed and "calib_method" not in self.options and "method" in details:
             self.fixed = {"calib_method": details["method"], "bias_correction": bool(details.get("bias_correction"))}
         return model, details
@@ -211,6 +233,16 @@ class Evaluator:
             raise EdgecError("metric top1: the model's outputs do not look like logits [N, classes]",
                              hint="use --metric sqnr or a module:function metric")
         self.fp32_metric = self._metric(self.reference)
+
+    @classmethod
+    def from_reference(cls, feeds: Sequence[Feed], reference: Sequence[Feed], metric: str | MetricFn,
+                       budget_on: str = "mean") -> Evaluator:
+        """An evaluator whose fp32 outputs were computed elsewhere (a worker gets them, not the float model)."""
+        ev = cls.__new__(cls)
+        ev.budget_on, ev.feeds, ev.reference = budget_on, list(feeds), list(reference)
+        ev.metric_name, ev.fn = resolve_metric(metric)
+        ev.fp32_metric = ev._metric(ev.reference)
+        return ev
 
     def _metric(self, outputs: Sequence[Feed]) -> float:
         if self.fn is not None:
@@ -313,12 +345,16 @@ class SensitivityResult:
 def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Feed], eval_feeds: Sequence[Feed],
             *, metric: str | MetricFn = "sqnr", layers: Sequence[str] | None = None,
             options: Mapping[str, Any] | None = None, quantizer: Quantizer | None = None,
-            evaluator: Evaluator | None = None,
-            progress: Callable[[int, int], Any] | None = None) -> SensitivityResult:
+            evaluator: Evaluator | None = None, progress: Callable[[int, int], Any] | None = None,
+            jobs: int = 1, use_ray: bool = False, ray_address: str | None = None) -> SensitivityResult:
     """Quantize one layer at a time and all-but-one at a time; rank layers, most sensitive first.
 
-    ``model`` is the float model as it enters quantization (after fuse-bn etc.).
+    ``model`` is the float model as it enters quantization (after fuse-bn etc.). The 2 x layers candidate
+    evaluations run through ``build.Executor`` (``jobs`` local processes, or Ray tasks with ``use_ray``);
+    the result is the same whatever runs them.
     """
+    from edgec.candidates import Pool
+
     q = quantizer or Quantizer(model, scheme, calib_feeds, options)
     ev = evaluator or Evaluator(model, eval_feeds, metric)
     all_layers = candidates(model)
@@ -328,33 +364,56 @@ def analyze(model: ir.Model, scheme: Mapping[str, Any], calib_feeds: Sequence[Fe
         raise EdgecError(f"not quantizable layers: {', '.join(unknown[:5])}",
                          hint="Conv/Gemm/MatMul or Add/Concat/pooling node names")
     ops = {n.name: n for n in model.graph.all_nodes()}
-    full, _ = q(())
+    full, _ = q(())  # first, in-process: it fixes the range rule every candidate then shares
     base = ev.score(full)
     rows = []
     units = {n: exclusion_unit(model, n) for n in all_layers}
+    configs: list[tuple[list[str], list[str]]] = []
+    for name in todo:
+        configs.append(([x for n in all_layers if n != name for x in units[n] if x not in units[name]], []))
+        configs.append((units[name], []))
+    with Pool(q, ev, jobs=jobs, use_ray=use_ray, address=ray_address) as pool:
+        pending = pool.submit(configs)  # all at once: the executor keeps its workers busy
+        outcomes = []
+        for i in range(len(todo)):
+            outcomes += [pending[2 * i](), pending[2 * i + 1]()]
+            if progress:
+                progress(i + 1, len(todo))
     for i, name in enumerate(todo):
-        only, _ = q([x for n in all_layers if n != name for x in units[n] if x not in units[name]])
-        but, _ = q(units[name])
-        s_only, s_but = ev.score(only), ev.score(but)
+        s_only, s_but = outcomes[2 * i].score, outcomes[2 * i + 1].score
         w = const_array(ops[name].inputs[1]) if len(ops[name].inputs) > 1 else None
         rows.append(LayerSensitivity(name, ops[name].op_type, int(w.size) if w is not None else 0,
                                      s_only.sqnr_db, s_only.metric, s_but.sqnr_db, s_but.metric,
                                      s_but.metric - base.metric))
-        if progress:
-            progress(i + 1, len(todo))
     # Most sensitive first: the lowest metric when quantized alone, ties broken by the larger gain.
     rows.sort(key=lambda r: (r.only_metric, -r.gain))
     return SensitivityResult(rows, ev.metric_name, ev.fp32_metric, base.metric, base.sqnr_db, q.kind)
 
 
+def split_pipeline(tgt: targets.Target) -> tuple[list[str], list[str]]:
+    """(float part, int8 part) of an int8 target, from its stages: the float part is every stage before
+    the one holding the ``quantize`` pass plus the exact passes that stage runs before it (equalize-act
+    rescales the float model: calibration must see its result), the int8 part the rest of that stage.
+    Later stages (legalize-*) belong to the artifact's compile, not to the float model."""
+    stages = [list(ps) for _, ps in tgt.stages] or [list(tgt.passes)]
+    for i, passes in enumerate(stages):
+        parsed = parse_pipeline(passes)
+        at = next((j for j, p in enumerate(parsed) if p.name == QUANTIZE), None)
+        if at is not None:
+            head = next(j for j, p in enumerate(parsed) if j == at or not p.is_exact())
+            return [p for st in stages[:i] for p in st] + passes[:head], passes[head:]
+    raise EdgecError(f"target '{tgt.name}' has no stage with the {QUANTIZE} pass",
+                     hint=f"its stages: {tgt.outline()}")
+
+
 def prepare_float(model: str | Path | ir.Model, tgt: targets.Target, samples: Sequence[Feed],
                   equalize: bool = False) -> ir.Model:
-    """The target's pipeline up to (not including) quantize, plus equalization when asked."""
+    """The float part of the target's pipeline (``split_pipeline``), plus equalization when asked."""
     from edgec.manager import Manager
 
     loaded = model if isinstance(model, ir.Model) else model_io.load(model)
     loaded = model_io.clone(loaded)
-    specs = [p for p in tgt.passes if p.split(":")[0] not in ("quantize", "bias-correct")]
+    specs = split_pipeline(tgt)[0]
     if equalize and not any(p.startswith("equalize") for p in specs):
         specs.append("equalize:clip=split")
     ctx = PassContext(samples=list(samples), scheme=tgt.scheme, target=tgt)
@@ -399,17 +458,21 @@ def split_feeds(model: ir.Model, calib: str | Path, eval_spec: str | Path | None
 def run_sensitivity(model: str | Path, target: str = "cpu-int8", calib: str | Path = "random", *,
                     eval_spec: str | Path | None = None, metric: str = "sqnr", out_dir: str | Path | None = None,
                     limit: int | None = None, preprocess: Any = None, target_file: str | Path | None = None,
-                    progress: Callable[[int, int], Any] | None = None) -> SensitivityResult:
+                    progress: Callable[[int, int], Any] | None = None, jobs: int = 1, use_ray: bool = False,
+                    ray_address: str | None = None) -> SensitivityResult:
     """``edgec sensitivity MODEL --target T --calib C [--eval E] [--metric sqnr|top1|mod:fn] [-o DIR]``.
 
-    With ``out_dir``: sensitivity.json, sensitivity.txt (table) and sensitivity.svg (bar plot)."""
+    With ``out_dir``: sensitivity.json, sensitivity.txt (table) and sensitivity.svg (bar plot). ``jobs`` /
+    ``use_ray`` / ``ray_address``: where the candidate evaluations run (``-j N``, ``--ray [ADDRESS]``)."""
     tgt = targets.get(target, target_file)
     if tgt.precision != "int8":
         raise EdgecError(f"target '{tgt.name}' is not an int8 target", hint="cpu-int8, jetson-int8 or tflite-int8")
     loaded = model_io.load(model)
     cal, ev, warns = split_feeds(loaded, calib, eval_spec, limit=limit, preprocess=preprocess)
     fm = prepare_float(loaded, tgt, cal[:4])
-    res = analyze(fm, tgt.scheme, cal, ev, metric=metric, progress=progress)
+    q = Quantizer(fm, tgt.scheme, cal, passes=split_pipeline(tgt)[1])
+    res = analyze(fm, tgt.scheme, cal, ev, metric=metric, progress=progress, quantizer=q, jobs=jobs,
+                  use_ray=use_ray, ray_address=ray_address)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,23 +125,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ray_cluster_matches_serial(tmp_path: Path) -> None:
-    """A real local Ray cluster on 127.0.0.1 with 2 CPUs; artifacts come back to the driver's folder."""
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real local Ray cluster on 127.0.0.1 with 2 CPUs, shared by this module's Ray tests; its address.
+
+    Started in the foreground (``--block``) in its own process group and ended by that group's id: never
+    ``ray stop``, which would end every Ray on the machine (other sessions' too)."""
     ray = pytest.importorskip("ray", reason="Ray is the optional extra edgec[ray] (in the dev extra)")
+    # Ray's CLI run by this interpreter (a venv that sees Ray from its base has no `ray` script of its own);
+    # the cluster's workers then run this interpreter too, with this checkout's edgec.
+    port = _free_port()
+    head = subprocess.Popen(
+        [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         "--disable-usage-stats"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        assert head.stdout is not None
+        lines = []
+        for line in head.stdout:  # EOF if the head dies: the assert below names why
+            lines.append(line)
+            if "Ray runtime started" in line:
+                break
+        assert lines and "Ray runtime started" in lines[-1], "".join(lines[-20:])
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head ends the processes it started
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+def test_ray_cluster_matches_serial(tmp_path: Path, ray_cluster: str) -> None:
+    """Artifacts built as Ray tasks come back to the driver's folder, byte-identical to a serial build."""
     manifest = _fleet(tmp_path)
     m = build.load_manifest(manifest)
     build.build(m)
     serial = _digests(m.out)
     shutil.rmtree(m.out)
-    ray_bin = Path(sys.executable).with_name("ray")
-    port = _free_port()
-    start = [str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-             "--include-dashboard=false", "--disable-usage-stats"]
-    subprocess.run(start, check=True, capture_output=True, timeout=180)
-    try:
-        rows = build.build(m, use_ray=True, ray_address=f"127.0.0.1:{port}")
-    finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], check=False, capture_output=True, timeout=120)
-        ray.shutdown()
+    rows = build.build(m, use_ray=True, ray_address=ray_cluster)
     assert [r["status"] for r in rows] == ["built"] * 6
     assert _digests(m.out) == serial
+
+
+def test_ray_sensitivity_matches_serial(tmp_path: Path, ray_cluster: str) -> None:
+    """`edgec sensitivity --ray ADDR`: the candidate evaluations as Ray tasks give the serial sensitivity.json."""
+    args = ["sensitivity", str(DIGITS), "--calib", str(DIGITS_SAMPLES), "--limit", "16", "-q"]
+    assert cli([*args, "-o", str(tmp_path / "serial")]) == 0
+    assert cli([*args, "-o", str(tmp_path / "ray"), "--ray", ray_cluster]) == 0
+    serial = (tmp_path / "serial" / "sensitivity.json").read_bytes()
+    assert serial == (tmp_path / "ray" / "sensitivity.json").read_bytes() and b'"only_sqnr_db"' in serial
