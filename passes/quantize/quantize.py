@@ -46,6 +46,7 @@ class Quantize(Pass):
     fallback: str = ""  # '' | auto | depthwise | se | hardswish | first | last, '+'-joined
     batch: int = 8
     weight_bits: int = 0  # 8 or 7; 0 = the target scheme's (or --set weight_bits=N)
+    live_range: bool = False  # cut activation ranges to their readers' live interval (live_range.py)
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
         overrides: dict[str, Any] = {}
@@ -85,7 +86,7 @@ class Quantize(Pass):
             if decompose and shipped is not None:
                 decompose_hard_activations(trial.graph, exclude)
             fallback = measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped,
-                                        self.percentile, self.batch)
+                                        self.percentile, self.batch, self.live_range)
             if fallback == ["fp32"]:
                 return False  # the model is untouched: the decomposition has not been applied to it
         decomposed = decompose_hard_activations(model.graph, exclude) if decompose else 0
@@ -108,12 +109,12 @@ class Quantize(Pass):
             ctx.cache["float_model"] = before  # read by bias-correct (passes/bias_correct.py)
         if method == "auto" and before is not None:
             (method, bc), scores = choose_config(before, ctx, scheme, exclude, share, stats, bits, bc_opt,
-                                                 wide, self.percentile)
+                                                 wide, self.percentile, self.live_range)
             ctx.details["auto_scores"] = scores
         else:
             method = "percentile" if method == "auto" else method
             bc = bc_opt is not False
-        params = activation_params(plan, stats, scheme, method, self.percentile)
+        params = activation_params(plan, stats, scheme, method, self.percentile, self.live_range)
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
         ctx.cache["weight_bits"] = bits  # read by the adaround pass
         if _flag(ctx.options.get("adaround")) and before is not None:

@@ -17,6 +17,7 @@ import onnx_ir as ir
 from edgec import calib, runtime
 from edgec.graph import NameSource
 from edgec.pass_infra import PassContext
+from edgec.passes.quantize import live_range
 from edgec.passes.quantize.placement import WEIGHTED, Placement
 from edgec.passes.quantize.scheme import QuantScheme
 
@@ -72,8 +73,9 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
 
 
 def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], scheme: QuantScheme, method: str,
-                      percentile: float) -> dict[str, dict[str, Any]]:
-    """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range."""
+                      percentile: float, live: bool = False) -> dict[str, dict[str, Any]]:
+    """Per tensor name: lo, hi, scale, zero point, method used and expected SQNR; groups share one range.
+    ``live``: each range cut to its readers' live interval (live_range.py; exact, opt-in: see there)."""
     out: dict[str, dict[str, Any]] = {}
     grouped: dict[str, list[str]] = {}
     for g in plan.groups:
@@ -81,6 +83,7 @@ def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], sche
         for n in names:
             grouped[n] = names
     done: set[str] = set()
+    values = {t.name or "": t for t in plan.tensors}
     for t in plan.tensors:
         name = t.name or ""
         if name in done:
@@ -97,6 +100,9 @@ def activation_params(plan: Placement, stats: dict[str, calib.TensorStats], sche
         else:
             # 16 bits leave no resolution to buy with clipping: a wide tensor keeps its whole range.
             (lo, hi), used = calib.choose_range(st, "minmax" if name in plan.wide else method, lv, percentile)
+            if live:  # levels only where a reader's result still depends on the value (live_range.py)
+                lo, hi = live_range.clamp(lo, hi, live_range.hull_of([values[m] for m in members if m in values]),
+                                          lv.n)
             scale, zp = calib.scale_zero_point(lo, hi, lv)
         for m in members:
             own = stats[m]

@@ -31,7 +31,7 @@ from edgec.passes.quantize.scheme import QuantScheme
 
 def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude: list[str], share: bool,
                   stats: dict[str, calib.TensorStats], bits: int, bc_opt: Any, wide: Sequence[str] = (),
-                  percentile: float = 99.99) -> tuple[tuple[str, bool], dict[str, float]]:
+                  percentile: float = 99.99, live: bool = False) -> tuple[tuple[str, bool], dict[str, float]]:
     """--calib-method auto: build the model with each range rule (and with/without bias correction)
     from the SAME statistics and keep the one whose outputs have the best SQNR on the sample inputs.
 
@@ -58,7 +58,7 @@ def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude:
     for m, bc in configs:
         cand = model_io.from_bytes(before)
         plan = place(cand.graph, scheme, exclude, share_concat=share, wide=wide)
-        insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, percentile), scheme, bits,
+        insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, percentile, live), scheme, bits,
                    stats if bc else None)
         out = runtime.run(runtime.session(model_io.to_bytes(cand), optimization="basic"), feeds)
         scores[f"{m}{'+bias_correction' if bc else ''}"] = round(metrics.drift(ref, out).sqnr_db, 2)
@@ -67,7 +67,7 @@ def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude:
 
 def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exclude: list[str],
                      share: bool, method: str, bits: int, fp32: bytes | None = None,
-                     percentile: float = 99.99, batch: int = 8) -> list[str]:
+                     percentile: float = 99.99, batch: int = 8, live: bool = False) -> list[str]:
     """--fallback auto: build each candidate, time it in ONNX Runtime against fp32, keep the fastest.
 
     Candidates leave float: nothing; depthwise convs; SE-block convs; both; HardSwish-bound ops.
@@ -98,7 +98,7 @@ def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exc
                       histogram=method not in ("minmax", "mean_minmax"))
     for key, (m, plan) in plans.items():
         rule = "percentile" if method == "auto" else method
-        insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, percentile), scheme, bits,
+        insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, percentile, live), scheme, bits,
                    stats if ctx.options.get("bias_correction", "auto") is not False else None)
         variants[key] = model_io.to_bytes(m)
     best, times = fastest(variants, ctx.samples[0])
