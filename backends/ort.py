@@ -16,7 +16,7 @@ from edgec import metrics, model_io, runtime
 from edgec.errors import EdgecError
 from edgec.manager import run_batched
 from edgec.pass_infra import PassContext
-from edgec.passes.legalize_ort import QDQ, keep_names
+from edgec.passes.legalize_ort import QDQ
 from edgec.records import Artifacts
 
 
@@ -26,7 +26,7 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     # The int8 compaction is the pass qdq-compact (passes/legalize_ort.py), checked and recorded by the
     # manager; the backend only serialises. Intermediate shapes are dead weight in a deployed file: ONNX
     # Runtime infers them at load.
-    names_kept = keep_names(ctx.options)
+    names_kept = ctx.backend.keep_names
     path = model_io.save(model, path, value_info=False)
     art = Artifacts(backend="ort", files={"model": path})
     art.figures["bytes"] = path.stat().st_size
@@ -39,23 +39,23 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         raise EdgecError(f"{path}: ONNX Runtime cannot load the compiled model: {str(exc).splitlines()[0][:300]}",
                          hint="a bug in edgec: please report it with the model") from None
     if ctx.samples:
-        bits = ctx.options.get("weight_bits") or ctx.scheme.get("weight_bits")
+        bits = ctx.overrides.weight_bits or ctx.scheme.get("weight_bits")
         if ctx.scheme.get("precision") == "int8" and str(bits) == "8" and not runtime.host_int8_dot():
             ctx.warn("8-bit weights for a VNNI/AMX/ARM deployment: this host has no VNNI, so ONNX Runtime's int8 "
                      "kernels here saturate them: the artifact's drift and latency measured on this host are worse than "
                      "the deployment's (the per-pass drift uses reference numerics)")
         _score(art, sess, ctx)
-        runs = int(ctx.options.get("bench_runs", 30))
+        runs = ctx.backend.bench_runs
         if runs > 0:
             art.figures["latency"] = runtime.time_session(sess, ctx.samples[0], runs=runs)
-            float_model = ctx.cache.get("fp32_model")  # the quantize pass's input, as it would ship
+            float_model = ctx.shipped_float  # the quantize pass's input, as it would ship
             if ctx.scheme.get("precision") == "int8" and float_model is not None:
                 # Never slower: int8 is timed against the float model it came from, interleaved.
                 from edgec.quant_report import compare_fp32
 
                 cmp = compare_fp32(float_model, path, ctx.samples[0], runs=max(5, runs // 3))
                 art.figures["int8_vs_fp32"] = cmp
-                auto = str(ctx.options.get("fallback") or "") == "auto" and isinstance(float_model, bytes)
+                auto = ctx.backend.fallback == "auto" and isinstance(float_model, bytes)
                 if cmp["int8_slower"] and auto:
                     # --fallback auto promised never slower: the quantize pass's trial timing favoured int8, the
                     # written artifact does not. Confirm with a longer run, then ship the float model if so.
@@ -84,11 +84,11 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
 def _score(art: Artifacts, sess: Any, ctx: PassContext) -> None:
     """The artifact's drift, scored on the held-aside set the manager ran the input model on (on
     ctx.samples when there is none)."""
-    held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
-    if held and reference is not None:
-        art.figures["drift"] = metrics.drift(reference, run_batched(sess, held), ctx.cache.get("eval_indices")).to_dict()
-    elif "reference_outputs" in ctx.cache:
-        art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
+    held = ctx.held_aside
+    if held is not None and held.feeds and held.reference is not None:
+        art.figures["drift"] = metrics.drift(held.reference, run_batched(sess, held.feeds), held.indices).to_dict()
+    elif ctx.reference_outputs is not None:
+        art.figures["drift"] = metrics.drift(ctx.reference_outputs, runtime.run(sess, ctx.samples)).to_dict()
 
 
 def bench(path: str | Path, feed: dict, *, runs: int = 50, threads: int = 2,

@@ -19,7 +19,7 @@ Users take our ONNX to a Jetson and build there, so what we write must be right 
                         TensorRT Python API and timed. Otherwise the notes say
                         "engine not built: TensorRT not available" and no engine file exists.
 
-Options (ctx.options): ``trt_version`` (default 10.3.0, JetPack 6.1/6.2; 8.6.2 for JetPack 6.0; 11.x builds
+Options (ctx.backend, edgec.context.BackendOptions): ``trt_version`` (default 10.3.0, JetPack 6.1/6.2; 8.6.2 for JetPack 6.0; 11.x builds
 strongly typed: no --int8/--fp16/--calib in the script, no calibration cache; cache header and op table),
 ``trt_profile`` ({input: (min, opt, max)} for dynamic inputs), ``build_engine`` (default True).
 """
@@ -62,9 +62,9 @@ def trt_major(version: str) -> int:
 def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artifacts:
     out_dir = Path(out_dir)
     art = Artifacts(backend="tensorrt")
-    opts = ctx.options
-    trt_version = str(opts.get("trt_version", tensorrt_cache.DEFAULT_TRT_VERSION))
-    profile: Profile = opts.get("trt_profile") or {}
+    opts = ctx.backend
+    trt_version = opts.trt_version or tensorrt_cache.DEFAULT_TRT_VERSION
+    profile: Profile = opts.trt_profile or {}
     precision = str(getattr(target, "precision", "fp32"))
     int8 = precision == "int8" or _has_qdq(model)
 
@@ -83,14 +83,14 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         # they accumulate exactly in int32). ORT's fused x86 s8s8 kernels ("all") drift far more (ResNet-18
         # style: 13 dB vs 36 dB SQNR): that is ORT's CPU arithmetic, not TensorRT's.
         sess = runtime.session(path, optimization="basic")
-        held, reference = ctx.cache.get("eval_feeds"), ctx.cache.get("eval_reference")
-        if held and reference is not None:  # the held-aside set the manager scored the input model on
+        held = ctx.held_aside
+        if held is not None and held.feeds and held.reference is not None:  # the manager scored the input on it
             from edgec.manager import run_batched
 
-            art.figures["drift"] = metrics.drift(reference, run_batched(sess, held),
-                                                 ctx.cache.get("eval_indices")).to_dict()
-        elif "reference_outputs" in ctx.cache:
-            art.figures["drift"] = metrics.drift(ctx.cache["reference_outputs"], runtime.run(sess, ctx.samples)).to_dict()
+            art.figures["drift"] = metrics.drift(held.reference, run_batched(sess, held.feeds),
+                                                 held.indices).to_dict()
+        elif ctx.reference_outputs is not None:
+            art.figures["drift"] = metrics.drift(ctx.reference_outputs, runtime.run(sess, ctx.samples)).to_dict()
     else:
         art.notes.append("no sample inputs: the ONNX Runtime numerics (TensorRT's int8 arithmetic) were not measured")
 
@@ -113,10 +113,10 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         art.notes.append(f"TensorRT {trt_version} is strongly typed (no --fp16): the engine runs model.onnx's fp32 "
                          "types; convert it with ModelOpt AutoCast first for fp16 (see build_engine.sh)")
 
-    if opts.get("build_engine", True):
+    if opts.build_engine:
         # The timing cache an earlier run left is in the FINAL folder (out_dir is the staging folder the api
         # moves into it); the updated cache is written to the stage and moved in with the rest.
-        final = Path(ctx.cache.get("final_out_dir") or out_dir)
+        final = Path(ctx.final_out_dir or out_dir)
         result = build_engine(path, out_dir / "model.engine", int8=int8, fp16=True, profile=profile,
                               timing_cache=final / "timing.cache", timing_cache_out=out_dir / "timing.cache",
                               feed=ctx.samples[0] if ctx.samples else None)
@@ -169,7 +169,7 @@ def _ranges(plain: ir.Model, ctx: PassContext, art: Artifacts,
     """(min, max) of every float activation of the float model ``plain`` (Q/DQ stripped) over the
     calibration feeds, in one streaming pass of edgec.calib (ONNX Runtime with extra outputs).
 
-    Tensors the quantize pass already measured (its ctx.cache["calib_stats"]) are not measured again;
+    Tensors the quantize pass already measured (ctx.calibration) are not measured again;
     tensors in ``known`` (quantized: their Q scale is used) are skipped unless fp16 needs every range."""
     try:
         feeds = ctx.calibration_feeds()
@@ -178,8 +178,7 @@ def _ranges(plain: ir.Model, ctx: PassContext, art: Artifacts,
                          "skipped)")
         return {}
     names = float_activations(plain)
-    cached = ctx.cache.get("calib_stats")
-    have = dict(cached[1]) if isinstance(cached, tuple) and len(cached) == 2 and isinstance(cached[1], dict) else {}
+    have = dict(ctx.calibration.stats) if ctx.calibration is not None else {}
     need_all = ctx.scheme.get("precision") == "fp16"
     todo = [n for n in names if n not in have and (need_all or n not in known)]
     t0 = time.perf_counter()

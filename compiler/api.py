@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.resources
 import math
@@ -12,7 +13,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from edgec import data, model_io, outputs, targets
+from edgec import data, model_io, outputs, settings, targets
 from edgec.backends import get as get_backend
 from edgec.errors import EdgecError
 from edgec.graph import initializer_inputs_to_constants
@@ -190,8 +191,12 @@ def compile(
     artifact's held-aside SQNR by ``budget_on``: ``mean`` (the aggregate over all samples), ``p10`` (the
     10th-percentile sample, the default: a collapsing tenth of the inputs fails it, one odd input does
     not) or ``min`` (the worst sample).
+
+    ``options`` are the user's settings by key, as ``--set KEY=VALUE`` takes them (``{"exclude": [...],
+    "bench_runs": 0}``): edgec.settings checks them and puts each in its pass field, ``BackendOptions``
+    or ``SchemeOverrides``; an unknown key is an EdgecError before anything runs.
     """
-    options = dict(options or {})
+    user = settings.resolve(options)  # every key checked (one line naming an unknown one) before any work
     if budget_on not in BUDGET_ON:
         raise EdgecError(f"--budget-on {budget_on}: unknown", hint="use mean, p10 or min")
     if num_samples is not None and num_samples < 1:
@@ -205,16 +210,16 @@ def compile(
     base = targets.with_added(tgt, add) if add else tgt.passes
     pipeline = parse_pipeline(base if passes is None else passes) if not (
         passes and all(isinstance(p, Pass) for p in passes)) else list(passes)  # type: ignore[arg-type]
-    pipeline = _recovery_passes(pipeline, options)
+    pipeline = _recovery_passes(pipeline, user.driver)
     loaded = load_model(model, shapes)
     warnings: list[str] = []
     if passes is not None:
         pipeline = _required_legalize(tgt, pipeline, warnings)
-    preprocess = options.get("preprocess")
-    sets = split_samples(loaded, calib, samples, calib_limit=calib_limit, preprocess=preprocess,
+    pipeline = user.configure(pipeline)  # the user's settings in the passes' fields
+    sets = split_samples(loaded, calib, samples, calib_limit=calib_limit, preprocess=user.driver.preprocess,
                          warnings=warnings)
     calib_src = sets.calib
-    ctx = PassContext(samples=sets.checks, calib=calib_src, scheme=tgt.scheme, options=options, target=tgt)
+    ctx = user.context(samples=sets.checks, calib=calib_src, scheme=tgt.scheme, target=tgt)
     backend = get_backend(tgt.backend)
     if hasattr(backend, "layer_timer"):  # the target runtime times small models itself (not ORT)
         ctx.layer_timer, ctx.layer_runtime = backend.layer_timer, backend.LAYER_RUNTIME
@@ -223,7 +228,7 @@ def compile(
                   eval_indices=sets.held_indices, eval_cap=num_samples or EVAL_CAP)
     mgr.start(loaded)
     if mgr.reference is not None:
-        ctx.cache["reference_outputs"] = mgr.reference
+        ctx.reference_outputs = mgr.reference
     close = None
     if progress and calib_src is not None:
         from edgec.calib import rich_progress
@@ -245,7 +250,7 @@ def compile(
         # Everything goes to a temp folder first and is moved in at the end: a failure (a full disk
         # included) leaves -o exactly as it was.
         with model_io.staged_dir(out) as stage:
-            ctx.cache["final_out_dir"] = out  # what an earlier run left (the TensorRT timing cache) is there
+            ctx.final_out_dir = out  # what an earlier run left (the TensorRT timing cache) is there
             artifacts = get_backend(tgt.backend).emit(result_model, tgt, ctx, stage)
             artifacts.files = {k: out / Path(v).relative_to(stage) if Path(v).is_relative_to(stage) else v
                                for k, v in artifacts.files.items()}
@@ -352,22 +357,25 @@ def _required_legalize(tgt: targets.Target, pipeline: list[Pass], warnings: list
     return pipeline + parse_pipeline(missing)
 
 
-def _recovery_passes(pipeline: list[Pass], options: dict[str, Any]) -> list[Pass]:
-    """``equalize`` (before quantize) and empirical ``bias-correct`` (after it) when the options ask.
+def _recovery_passes(pipeline: list[Pass], driver: settings.DriverOptions) -> list[Pass]:
+    """``equalize`` (before quantize) and empirical ``bias-correct`` (after it) when the settings ask.
 
     Empirical bias correction replaces the quantize pass's own analytic one (both would correct twice).
     """
     names = [p.name for p in pipeline]
     if "quantize" not in names:
-        if options.get("equalize") or options.get("bias_correct"):
+        if driver.equalize or driver.bias_correct:
             raise EdgecError("--equalize/--bias-correct need a pipeline with 'quantize' (an int8 target)")
         return pipeline
     at = names.index("quantize")
     out = list(pipeline)
-    if options.get("bias_correct") and "bias-correct" not in names:
-        out.insert(at + 1, parse_spec("bias-correct"))
-        options.setdefault("bias_correction", False)
-    if options.get("equalize") and "equalize" not in names:
+    if driver.bias_correct:
+        if "bias-correct" not in names:
+            out.insert(at + 1, parse_spec("bias-correct"))
+        quantize = copy.copy(out[at])
+        quantize.analytic_bias_correction = False  # type: ignore[attr-defined]
+        out[at] = quantize
+    if driver.equalize and "equalize" not in names:
         out.insert(at, parse_spec("equalize:clip=split"))
     return out
 

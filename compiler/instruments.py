@@ -31,6 +31,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from edgec import graphdiff, metrics, model_io, runtime
+from edgec.context import HeldAside
 from edgec.errors import EXIT_INTERNAL, EdgecError
 from edgec.pass_infra import Feed, Pass, PassContext
 from edgec.records import Drift, PassRecord, Summary
@@ -202,9 +203,7 @@ class DriftCheck(Instrument):
         except Exception as exc:  # noqa: BLE001 - ORT's errors name the node at fault
             raise EdgecError(f"ONNX Runtime cannot run the input model: {str(exc).splitlines()[0][:300]}") from None
         self.final_outputs = self.reference
-        self.ctx.cache["eval_feeds"] = self.eval_feeds
-        self.ctx.cache["eval_reference"] = self.eval_reference
-        self.ctx.cache["eval_indices"] = self.eval_indices
+        self.ctx.held_aside = HeldAside(self.eval_feeds, self.eval_reference, self.eval_indices)
 
     def _score_reference(self, sess: ort.InferenceSession) -> None:
         """Run the float model on the held-aside set, in batches, until the time or memory budget or the

@@ -106,7 +106,7 @@ class Manager:
         # The outputs of the model as it enters the pass, on ctx.samples (None without a drift check): a
         # lossy pass comparing its own candidates (quantize's method choice) reads them instead of running
         # the float model again.
-        self.ctx.cache["sample_outputs"] = self.final_outputs
+        self.ctx.entering_outputs = self.final_outputs
         backup = model_io.to_bytes(model) if self.keep_going else None  # not timed as part of the pass
         for i in reversed(self.instruments):  # the first instrument sits closest to the pass
             i.run_before_pass(model, step)

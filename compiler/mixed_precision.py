@@ -34,6 +34,7 @@ from edgec.candidates import Outcome, Pool
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import Feed
+from edgec.passes.quantize.rules import RULES
 from edgec.sensitivity import (
     Evaluator,
     MetricFn,
@@ -181,7 +182,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
     int8_part = split_pipeline(tgt)[1]
     if bias_correct:
         # The quantize pass has its own (analytic, per-channel-mean) bias correction: one correction, not two.
-        options = {**dict(options or {}), "bias_correction": False}
+        options = {**dict(options or {}), "analytic_bias_correction": False}
         int8_part = [*int8_part, "bias-correct"]  # run by the Manager after quantize, per configuration
     if quantizer is not None and bias_correct != ("bias-correct" in quantizer.passes):
         raise EdgecError("bias_correct must match the quantizer given (its passes: "
@@ -244,7 +245,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
         until_met("int8", [([], [], [])], pool)
         base = steps[0]
         wide: list[str] = []
-        if not base.meets and a16 and tgt.scheme.get("placement", "ort") == "ort":
+        if not base.meets and a16 and RULES[tgt.scheme.get("placement", "ort")].a16:  # runs 16-bit Q/DQ
             acts = sorted((r for r in details.get("layers", []) if r.get("kind") == "activation"),
                           key=lambda r: r.get("expected_sqnr_db") if r.get("expected_sqnr_db") is not None
                           else math.inf)

@@ -1,4 +1,5 @@
-"""The pass protocol: registry, typed parameters parsed from ``name:arg:key=value``, and PassContext.
+"""The pass protocol: registry, typed parameters parsed from ``name:arg:key=value``
+(PassContext lives in edgec.context).
 
 An edgec pass IS an onnx_ir pass: ``Pass`` subclasses ``onnx_ir.passes.InPlacePass``, so ``p(model)``
 runs it (with onnx_ir's pre/postcondition hooks) and returns an ``EdgecPassResult`` -- onnx_ir's
@@ -26,57 +27,13 @@ import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import onnx_ir as ir
 
+from edgec.context import Feed, PassContext  # noqa: F401 - Feed re-exported: passes import both from here
 from edgec.errors import EdgecError
-
-Feed = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class PassContext:
-    """What a pass may read besides the model. Nothing else: no globals, no CLI.
-
-    ``samples``: a few real input feeds, used for drift and by passes that look at activations.
-    ``calib``: calibration feeds (may be many; iterate, do not hold), or None when the user gave none.
-    ``scheme``: the target's numeric scheme (a table from targets.toml), {} for float targets.
-    ``options``: options the user set for passes (e.g. ``exclude``, ``calib_method``); passes read
-      their own keys and fall back to their own defaults.
-    ``details``: the running pass writes what it decided here (per layer); the manager stores it in the
-      pass's record and clears it for the next pass.
-    ``cache``: results one pass computes and a later one may reuse (e.g. calibration statistics).
-    """
-
-    samples: list[Feed] = dataclasses.field(default_factory=list)
-    calib: Sequence[Feed] | None = None
-    scheme: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    target: Any = None
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    progress: Callable[[str, int], Any] | None = None
-    # The target runtime's timer for small models (serialized ONNX, one feed) -> median ms each, taken in
-    # turn; None means ONNX Runtime. Set by the driver from the target's backend (a pass never imports one).
-    layer_timer: Callable[[Sequence[bytes], Feed], list[float]] | None = None
-    layer_runtime: str = "ONNX Runtime"
-
-    def warn(self, message: str) -> None:
-        if message not in self.warnings:
-            self.warnings.append(message)
-
-    def calibration_feeds(self) -> Sequence[Feed]:
-        """Calibration feeds, falling back to the sample feeds (with a warning) when none were given."""
-        if self.calib is not None:
-            return self.calib
-        if not self.samples:
-            raise EdgecError("this pass needs calibration data and none was given", hint="pass --calib DIR|FILE.npz")
-        self.warn("no --calib given: calibrating on the sample inputs only")
-        return self.samples
 
 
 @dataclasses.dataclass

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgec import metrics, model_io, runtime, targets
+from edgec import metrics, model_io, runtime, settings, targets
+from edgec.context import CalibStats
 from edgec.errors import EdgecError
 from edgec.graph import const_array, nodes_of
 from edgec.pass_infra import Feed, PassContext, parse_pipeline
@@ -108,7 +109,8 @@ class Quantizer:
         #: the int8 part of the target's pipeline (split_pipeline), run by the Manager per configuration
         self.passes = tuple(passes)
         self.kind = "quantize pass"
-        self.cache: dict[str, Any] = {}
+        self.union: dict[str, Any] | None = None  # statistics of every float tensor (calibrated once)
+        self.calibration: CalibStats | None = None  # the last quantize run's, reused by the next
         self.fixed: dict[str, Any] = {}  # calib_method / bias_correction chosen on the all-int8 model
         # Searches revisit configurations (the analysis's all-but-one runs are the search's first steps).
         self._memo: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[bytes, dict[str, Any]]] = {}
@@ -118,17 +120,17 @@ class Quantizer:
         """What a worker needs to quantize exactly as this object does, as plain data (no models, no paths):
         the float bytes, the feeds, the options and choices fixed so far and the shared statistics."""
         self._union()
-        keep = ("calib_union", "calib_histogram")
         return {"float_bytes": self.float_bytes, "scheme": self.scheme, "feeds": self.feeds, "options": self.options,
-                "passes": self.passes, "fixed": dict(self.fixed), "cache": {k: self.cache[k] for k in keep
-                                                                            if k in self.cache}}
+                "passes": self.passes, "fixed": dict(self.fixed), "union": self.union,
+                "calibration": self.calibration}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Quantizer:
         q = cls.__new__(cls)
         q.float_bytes, q.scheme, q.feeds = state["float_bytes"], dict(state["scheme"]), list(state["feeds"])
         q.options, q.passes, q.kind = dict(state["options"]), tuple(state["passes"]), "quantize pass"
-        q.cache, q.fixed, q._memo, q.remember = dict(state["cache"]), dict(state["fixed"]), {}, False
+        q.union, q.calibration = state["union"], state["calibration"]
+        q.fixed, q._memo, q.remember = dict(state["fixed"]), {}, False
         return q
 
     def float_model(self) -> ir.Model:
@@ -148,7 +150,7 @@ class Quantizer:
 
     def _union(self) -> None:
         """Statistics of every float tensor of the decomposed float model, in one calibration pass."""
-        if "calib_union" in self.cache:
+        if self.union is not None:
             return
         from edgec import calib
         from edgec.graph import infer_shapes
@@ -164,19 +166,19 @@ class Quantizer:
         names += [o.name for n in m.graph for o in n.outputs if o.name and o.dtype == ir.DataType.FLOAT
                   and n.op_type not in ("Constant", "Shape")]
         chan = {n.inputs[0].name for n in m.graph if n.op_type in WEIGHTED and n.inputs and n.inputs[0] is not None}
-        self.cache["calib_union"] = calib.collect(m, names, self.feeds, channels={c for c in chan if c})
+        self.union = calib.collect(m, names, self.feeds, channels={c for c in chan if c})
 
     def _quantize(self, exclude: list[str], wide: list[str]) -> tuple[ir.Model, dict[str, Any]]:
         from edgec.manager import Manager
 
         self._union()
         model = self.float_model()
-        ctx = PassContext(samples=self.feeds[:4], calib=self.feeds, scheme=self.scheme,
-                          options={**self.options, **self.fixed, "exclude": list(exclude), "a16": list(wide)},
-                          cache=self.cache)
-        ctx.cache["float_model"] = self.float_bytes  # what bias-correct reads
+        user = settings.resolve({**self.options, **self.fixed, "exclude": list(exclude), "a16": list(wide)})
+        ctx = user.context(samples=self.feeds[:4], calib=self.feeds, scheme=self.scheme, calib_union=self.union,
+                           float_reference=self.float_bytes, calibration=self.calibration)
         mgr = Manager(ctx, check_drift=False)
-        model = mgr.run(model, parse_pipeline(list(self.passes)))
+        model = mgr.run(model, user.configure(parse_pipeline(list(self.passes))))
+        self.calibration = ctx.calibration
         details = dict(mgr.records[1].details)  # the first pass of the int8 part: quantize (records[0]: input)
         if not self.fixed and "calib_method" not in self.options and "method" in details:
             self.fixed = {"calib_method": details["method"], "bias_correction": bool(details.get("bias_correction"))}

@@ -6,7 +6,7 @@ and multiplied by the non-zero-mean post-ReLU input), and the shift is passed on
 layer. The pass measures that shift on the calibration data and subtracts it from the bias.
 
 It runs AFTER ``quantize`` on the QDQ graph: Wq is read from the weight's DequantizeLinear, W from the
-float model the quantize pass leaves in ``ctx.cache["float_model"]`` (matched by node name), and the
+float model the quantize pass leaves in ``ctx.float_reference`` (matched by node name), and the
 layer input x is the (fake-quantized) tensor the layer really reads. E[conv(x, Wq - W)] is measured
 exactly - padding, strides and groups included - by adding a side Conv with weight Wq - W and a
 ReduceMean over batch and space as extra graph outputs, one ONNX Runtime pass over the data for all
@@ -29,9 +29,6 @@ from edgec.errors import EdgecError
 from edgec.graph import NameSource, add_initializer, attr, const_array, nodes_of, set_input_const
 from edgec.pass_infra import Feed, Pass, PassContext, register
 
-FLOAT_MODEL_KEY = "float_model"  # serialized bytes or an ir.Model of the graph before quantize
-FLOAT_WEIGHTS_KEY = "float_weights"  # or just {node name: float weight array} of the weighted nodes
-
 
 @register("bias-correct", exact=False)
 class BiasCorrect(Pass):
@@ -46,12 +43,14 @@ class BiasCorrect(Pass):
     guard: bool = True
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        weights = ctx.cache.get(FLOAT_WEIGHTS_KEY)
-        ref = ctx.cache.get(FLOAT_MODEL_KEY)
+        # ctx.float_reference: serialized bytes or an ir.Model of the graph before quantize; or just
+        # ctx.float_weights, {node name: float weight array} of the weighted nodes
+        weights = ctx.float_weights
+        ref = ctx.float_reference
         if weights is None and ref is None:
             raise EdgecError("bias-correct needs the float model from before quantization",
-                             hint="run it right after the quantize pass (which keeps the float weights in "
-                                  "ctx.cache['float_weights'])")
+                             hint="run it right after the quantize pass (which leaves the float model in "
+                                  "ctx.float_reference)")
         float_model = None
         if ref is not None:
             float_model = ref if isinstance(ref, ir.Model) else model_io.from_bytes(ref)
@@ -60,7 +59,7 @@ class BiasCorrect(Pass):
         feeds = _head(ctx.calibration_feeds(), self.limit)
         check = None
         if self.guard and ctx.samples:
-            reference = ctx.cache.get("reference_outputs")
+            reference = ctx.reference_outputs
             if reference is None and float_model is not None:
                 reference = runtime.run(runtime.session(float_model, optimization="basic"), ctx.samples)
             if reference is not None:

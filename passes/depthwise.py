@@ -125,16 +125,15 @@ class SeparateDepthwise(Pass):
         return bool(replaced)
 
     def _settings(self, ctx: PassContext) -> dict[str, Any]:
-        """Pass fields win; unset ones come from the user's --dw-* options, then the defaults."""
-        opts = ctx.options
+        """The fields (edgec.settings fills unset ones from the user's --dw-* flags), then the defaults."""
 
-        def pick(value: Any, key: str, default: Any) -> Any:
-            return value if value is not None else (opts[key] if opts.get(key) is not None else default)
+        def pick(value: Any, default: Any) -> Any:
+            return value if value is not None else default
 
-        rank = int(pick(self.rank, "dw_rank", 0))
-        max_error = float(pick(self.max_error, "dw_max_error", DEFAULT_MAX_ERROR))
-        min_macs = float(pick(self.min_macs, "dw_min_macs", 0.0))
-        patterns = pick(self.layers, "dw_layers", ())
+        rank = int(pick(self.rank, 0))
+        max_error = float(pick(self.max_error, DEFAULT_MAX_ERROR))
+        min_macs = float(pick(self.min_macs, 0.0))
+        patterns = pick(self.layers, ())
         if isinstance(patterns, str):
             patterns = [p for p in patterns.replace("+", ",").split(",") if p]
         if rank < 0:
@@ -143,7 +142,7 @@ class SeparateDepthwise(Pass):
             raise EdgecError(f"depthwise: min_macs is a fraction of the model's MACs in [0, 1], got {min_macs:g}",
                              hint="e.g. --dw-min-macs 0.02 for layers with at least 2 % of the MACs")
         return {"rank": rank, "max_error": max_error, "min_macs": min_macs, "layers": list(patterns),
-                "latency": bool(pick(self.latency, "dw_latency", False))}
+                "latency": bool(pick(self.latency, False))}
 
     def _decide(self, layer: Layer, settings: dict[str, Any], total_macs: int) -> tuple[dict[str, Any], Fit | None]:
         """The layer's decision record, and the fit to apply (None: the conv stays)."""

@@ -22,32 +22,24 @@ Three edits, none of which changes what ONNX Runtime computes:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import onnx_ir as ir
 
 from edgec import model_io
-from edgec.errors import EdgecError
 from edgec.pass_infra import Pass, PassContext, register
 
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
-
-
-def keep_names(options: dict[str, Any]) -> bool:
-    """``--set keep_names``, checked: only true or false (a typo must not silently compact)."""
-    value = options.get("keep_names", False)
-    if not isinstance(value, bool):
-        raise EdgecError(f"--set keep_names={value}: expected true or false")
-    return value
 
 
 @register("qdq-compact", exact=True)
 class QdqCompact(Pass):
     """ORT int8 file compaction: drop clips a Q saturates anyway, share Q/DQ constants, short Q/DQ names."""
 
+    #: leave the file as it is (``--set keep_names=true``; edgec.settings checks the value is a bool)
+    keep_names: bool = False
+
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        if keep_names(ctx.options):
+        if self.keep_names:
             ctx.details["skipped"] = "keep_names=true"
             return False
         g = model.graph

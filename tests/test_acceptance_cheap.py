@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import edgec
-from edgec import metrics, model_io, runtime
+from edgec import metrics, model_io, runtime, settings
 from edgec.manager import Manager
-from edgec.pass_infra import PassContext, parse_pipeline
+from edgec.pass_infra import parse_pipeline
 
 CLEAN = ["lift-constants", "fold", "dce", "fuse-bias", "fuse-bn", "dce", "shape-infer"]
 OUT = "fetch_name_0"
@@ -49,8 +49,9 @@ def test_pplcnet_int8_fidelity_two_distributions(pplcnet, zoo):
 
 
 def _prune(path, passes, evals, calib=None, options=None):
-    mgr = Manager(PassContext(samples=evals[:2], calib=calib, options=dict(options or {})))
-    return mgr.run(model_io.load(path), parse_pipeline(passes)), mgr.records
+    user = settings.resolve(options)
+    mgr = Manager(user.context(samples=evals[:2], calib=calib))
+    return mgr.run(model_io.load(path), user.configure(parse_pipeline(passes))), mgr.records
 
 
 def test_pplcnet_channel_pruning_with_reconstruction(pplcnet, zoo):

@@ -60,7 +60,7 @@ def test_ppocr_det_constant_weights_become_initializers(zoo, zoo_path):
     fa = next(r for r in res.records if r.name == "fuse-affine")
     assert len(fa.details["fused"]) >= 60 and res.records[-1].summary.nodes <= 210
     # The text map really fires on these images (else "unchanged" would mean nothing).
-    prob = res.context.cache["reference_outputs"][0]["sigmoid_0.tmp_0"]
+    prob = res.context.reference_outputs[0]["sigmoid_0.tmp_0"]
     assert (prob > 0.3).mean() > 0.005
 
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec import model_io, runtime
+from edgec import model_io, runtime, settings
 from edgec.errors import EdgecError
 from edgec.manager import Manager
 from edgec.metrics import drift, sqnr_db
@@ -82,9 +82,10 @@ def photo_feeds(images, cin=3, hw=32):
 
 
 def run(model, spec, samples, calib=None, options=None):
-    ctx = PassContext(samples=samples, calib=calib, options=options or {})
+    user = settings.resolve(options)  # --dw-* settings fill the depthwise pass's unset fields
+    ctx = user.context(samples=samples, calib=calib)
     mgr = Manager(ctx)
-    out = mgr.run(model, parse_pipeline(spec))
+    out = mgr.run(model, user.configure(parse_pipeline(spec)))
     return out, mgr.records[-1], ctx
 
 

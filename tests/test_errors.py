@@ -197,6 +197,10 @@ def _keep_names_not_bool(w: Path) -> list[str]:
     return _compile(str(w / "model.onnx"), "--set", "keep_names=maybe", "-o", str(w / "out"))
 
 
+def _set_unknown_key(w: Path) -> list[str]:
+    return _compile(str(w / "model.onnx"), "--set", "bench_run=5", "-o", str(w / "out"))
+
+
 def _shape_rank(w: Path) -> list[str]:
     return _compile(str(w / "model.onnx"), "--shape", "input=1,8,8", "-o", str(w / "out"))
 
@@ -483,6 +487,7 @@ CASES: list[Case] = [
     Case("report-suffix", "--report with an unknown extension", _report_suffix, ("--report", "{w}/r.txt")),
     Case("keep-names-not-bool", "--set keep_names with a value other than true/false", _keep_names_not_bool,
          ("keep_names", "maybe"), hint=False),
+    Case("set-unknown-key", "--set KEY no pass or backend reads (a typo)", _set_unknown_key, ("bench_run",)),
     Case("compile-trt-version", "compile --trt-version that is not a version", _compile_trt_version,
          ("TensorRT version", "ten")),
     Case("inspect-missing", "inspect: model path does not exist", _inspect_missing, ("{w}/nope.onnx",)),

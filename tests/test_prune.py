@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
-from edgec import metrics, model_io, runtime
+from edgec import metrics, model_io, runtime, settings
 from edgec.errors import EdgecError
 from edgec.graph import const_array, infer_shapes
 from edgec.manager import Manager
-from edgec.pass_infra import PassContext, parse_pipeline, parse_spec
+from edgec.pass_infra import parse_pipeline, parse_spec
 from edgec.passes.prune import format_plan, plan
 from edgec.passes.prune.channels import aligned_removal
 from edgec.passes.prune.groups import analyze
@@ -25,9 +25,10 @@ RNG = np.random.default_rng(0)
 
 
 def _run(model, passes: list[str], samples, calib=None, options=None):
-    ctx = PassContext(samples=samples, calib=calib, options=dict(options or {}))
+    user = settings.resolve(options)  # e.g. prune_skip -> the prune pass's skip field
+    ctx = user.context(samples=samples, calib=calib)
     mgr = Manager(ctx)  # validates (onnx checker, full) and runs ORT after every pass
-    out = mgr.run(model, parse_pipeline(passes))
+    out = mgr.run(model, user.configure(parse_pipeline(passes)))
     return out, mgr.records, ctx
 
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
-from edgec import metrics, model_io, runtime, targets
+from edgec import metrics, model_io, runtime, settings, targets
 from edgec.errors import EdgecError
 from edgec.graph import const_array
 from edgec.pass_infra import PassContext
@@ -59,8 +59,10 @@ def small_net() -> ir.Model:
 
 
 def quantize(model: ir.Model, target: str, feeds: list[dict], **opts) -> tuple[ir.Model, PassContext]:
-    ctx = PassContext(samples=feeds[:4], calib=feeds, scheme=targets.get(target).scheme, options=dict(opts))
-    assert Quantize().apply(model, ctx)
+    user = settings.resolve(opts)  # the user's settings land in the pass's fields
+    ctx = user.context(samples=feeds[:4], calib=feeds, scheme=targets.get(target).scheme)
+    (q,) = user.configure([Quantize()])
+    assert q.apply(model, ctx)
     onnx.checker.check_model(model_io.to_proto(model), full_check=True)
     return model, ctx
 
@@ -186,9 +188,10 @@ def test_bad_scheme_and_method() -> None:
     with pytest.raises(EdgecError, match="placement"):
         QuantScheme.from_mapping({"precision": "int8", "placement": "npu"})
     ctx = PassContext(samples=[], calib=[{"x": np.zeros((1, 3, 16, 16), np.float32)}],
-                      scheme=targets.get("cpu-int8").scheme, options={"calib_method": "median"})
+                      scheme=targets.get("cpu-int8").scheme)
+    (q,) = settings.resolve({"calib_method": "median"}).configure([Quantize()])
     with pytest.raises(EdgecError, match="calibration method"):
-        Quantize().apply(small_net(), ctx)
+        q.apply(small_net(), ctx)
 
 
 def test_digits_accuracy_and_size(digits_model: Path, digits_samples: dict) -> None:

@@ -25,7 +25,7 @@ from edgec import sensitivity as S
 from edgec.graph import const_array, set_input_const
 from edgec.manager import Manager
 from edgec.pass_infra import PassContext, parse_pipeline, parse_spec
-from edgec.passes.bias_correct import FLOAT_MODEL_KEY, FLOAT_WEIGHTS_KEY, correct_biases
+from edgec.passes.bias_correct import correct_biases
 from edgec.passes.equalize import find_pairs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -263,7 +263,7 @@ def test_bias_correct_removes_weight_rounding_shift(zoo):
         return (out - ref).mean(axis=(0, 1, 3, 4))
 
     before = np.abs(shift(qm))
-    ctx = PassContext(samples=calib[:2], calib=calib, cache={FLOAT_MODEL_KEY: model_io.to_bytes(fm)})
+    ctx = PassContext(samples=calib[:2], calib=calib, float_reference=model_io.to_bytes(fm))
     mgr = Manager(ctx)
     corrected = mgr.run(qm, [parse_spec("bias-correct")])
     details = mgr.records[-1].details
@@ -275,7 +275,7 @@ def test_bias_correct_removes_weight_rounding_shift(zoo):
     assert after.mean() < 0.2 * before.mean(), (before.mean(), after.mean())  # ... and mostly gone after
     # The lighter hand-over (only the float weights by node name) gives the same correction.
     qm2, _ = S.Quantizer(fm, scheme, calib, no_bc)([])
-    ctx2 = PassContext(samples=calib[:2], calib=calib, cache={FLOAT_WEIGHTS_KEY: {"conv": w}})
+    ctx2 = PassContext(samples=calib[:2], calib=calib, float_weights={"conv": w})
     np.testing.assert_allclose(np.abs(shift(Manager(ctx2).run(qm2, [parse_spec("bias-correct")]))), after, atol=1e-6)
     # The guard reverts a correction that lowers the SQNR: against the quantized model's own outputs as
     # the reference, any change is a loss, so nothing may change.

@@ -337,7 +337,7 @@ def test_engine_build_needs_tensorrt(compiled, tmp_path):
 
 def test_implicit_model_matches_fp32(compiled, calib_npz):
     res, out = compiled["resnet18"]
-    ref = res.context.cache["reference_outputs"]  # the fp32 input model on the sample feeds
+    ref = res.context.reference_outputs  # the fp32 input model on the sample feeds
     plain = runtime.run(runtime.session(out / "model_implicit.onnx"), res.context.samples)
     # Same float network; only the weights carry their int8 rounding, so it sits well above the int8
     # model's drift (measured: 27.6 dB vs 21.3 dB on this ResNet, whose BN-folded weights have wide
@@ -576,9 +576,9 @@ def test_emit_dynamic_batch_with_profile(compiled, tmp_path):
     proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     model = model_io.from_proto(proto)
     tgt = edgec.targets.get("jetson-int8")
+    profile = {"input": [(1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)]}
     ctx = edgec.pass_infra.PassContext(samples=res.context.samples, calib=None, scheme=tgt.scheme,
-                                       options={"trt_profile": {"input": [(1, 3, 64, 64), (4, 3, 64, 64),
-                                                                          (8, 3, 64, 64)]}}, target=tgt)
+                                       backend=edgec.context.BackendOptions(trt_profile=profile), target=tgt)
     art = trt_backend.emit(model, tgt, ctx, tmp_path)
     assert art.figures["lint_counts"]["error"] == 0, art.figures["lint"][:3]
     argv = _script_argv(tmp_path / "build_engine.sh")

@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zoo
 
-from edgec import metrics, model_io, runtime
+from edgec import metrics, model_io, runtime, settings
 from edgec.manager import Manager
-from edgec.pass_infra import PassContext, parse_pipeline
+from edgec.pass_infra import parse_pipeline
 
 CLEAN = ["lift-constants", "fold", "dce", "fuse-bias", "fuse-bn", "dce", "shape-infer"]
 Feed = dict[str, np.ndarray]
@@ -35,9 +35,10 @@ def compile_with(path: str | Path, passes: list[str], calib: list[Feed] | None, 
                  options: dict | None = None):
     """Run ``passes`` through the manager (validation + drift records); returns (model, records, ctx)."""
     model = model_io.load(path)
-    ctx = PassContext(samples=samples, calib=calib, options=dict(options or {}))
+    user = settings.resolve(options)  # e.g. reconstruct_inputs=sequential -> the prune pass's field
+    ctx = user.context(samples=samples, calib=calib)
     mgr = Manager(ctx)
-    out = mgr.run(model, parse_pipeline(passes))
+    out = mgr.run(model, user.configure(parse_pipeline(passes)))
     return out, mgr.records, ctx
 
 

@@ -54,9 +54,9 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
     scheme = dict(getattr(ctx, "scheme", None) or {})
     name = str(getattr(target, "name", target or ""))
     precision = scheme.get("precision") or next((p for p in ("int8", "fp16") if p in name), "fp32")
-    opts = dict(getattr(ctx, "options", None) or {})
-    io = str(opts.get("io") or "float")
-    keep = bool(opts.get("keep_nchw_io", False))
+    opts = ctx.backend
+    io = opts.io or "float"
+    keep = opts.keep_nchw_io
     samples = list(getattr(ctx, "samples", None) or [])
     if precision == "int8" and not any(n.op_type == "QuantizeLinear" for n in model.graph):
         raise EdgecError("tflite-int8 needs a QDQ graph (QuantizeLinear/DequantizeLinear) and this one has none",
@@ -88,19 +88,19 @@ def emit(model: ir.Model, target: Any, ctx: PassContext, out_dir: Path) -> Artif
         # Exactness of the conversion: the ONNX graph handed to the backend, evaluated op by op.
         arts.figures["drift_vs_input"] = drift(ort_outputs(model, samples), got).to_dict()
         # What the report compares across targets: the user's original model (before any pass).
-        source = (getattr(ctx, "cache", None) or {}).get("reference_outputs")
-        cache = getattr(ctx, "cache", None) or {}
-        held, reference = cache.get("eval_feeds"), cache.get("eval_reference")
+        source = ctx.reference_outputs
+        aside = ctx.held_aside
+        held, reference = (aside.feeds, aside.reference) if aside is not None else (None, None)
         if held and reference is not None and set(reference[0]) <= set(got[0]):
             # Scored on the held-aside set the manager ran the input model on (calibration never saw it).
             scored = [lite.run(f) for f in held]
             arts.figures["drift"] = metrics.drift(reference, [{n: g[n] for n in reference[0]} for g in scored],
-                                                  cache.get("eval_indices")).to_dict()
+                                                  aside.indices if aside is not None else None).to_dict()
         elif source is not None and set(source[0]) <= set(got[0]):
             arts.figures["drift"] = drift(source, got).to_dict()
         else:
             arts.figures["drift"] = arts.figures["drift_vs_input"]
-        runs = int(opts.get("bench_runs", 30))
+        runs = opts.bench_runs
         if runs > 0:
             arts.figures["latency"] = lite.latency(samples[0], runs=max(runs, 20))
     else:

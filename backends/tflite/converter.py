@@ -29,6 +29,7 @@ from onnx.reference import ReferenceEvaluator
 
 from edgec.errors import EdgecError
 from edgec.graph import attr, const_array, consumers, only_consumer, opset_version, static_shape
+from edgec.passes.quantize.rules import TFLITE
 
 from . import layout as L
 from .helpers import activation_kind, quantize_tensor
@@ -40,7 +41,8 @@ I8 = np.dtype(np.int8)
 
 # Fixed output quantization of TFLite's int8 kernels for bounded functions (the kernels use lookup
 # tables built for exactly these); a different QDQ scale gets a requantizing QUANTIZE after the op.
-Q_SIGMOID = Quant((1.0 / 256,), (-128,))
+# Sigmoid/Softmax: the TFLite rule table's, which placement also gives those outputs.
+Q_SIGMOID = Quant(*zip(TFLITE.fixed_outputs["Sigmoid"]))
 Q_TANH = Quant((1.0 / 128,), (0,))
 
 

@@ -8,6 +8,8 @@ final result.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 
@@ -26,7 +28,10 @@ from edgec.passes.prune.channels import (
 
 
 def prune_channels(model: ir.Model, ctx: PassContext, *, ratio: float, criterion: str = "l2", align: int = 8,
-                   macs_target: float = 0.0, skip: list[str] | tuple[str, ...] = ()) -> bool:
+                   macs_target: float = 0.0, skip: list[str] | tuple[str, ...] = (),
+                   refit: dict[str, Any] | None = None) -> bool:
+    """``refit``: the Prune pass's reconstruction fields (Prune.refit_settings): enabled, samples, inputs,
+    positions, ridge, waves."""
     from edgec.passes.prune import reconstruct as rec
 
     infer_shapes(model)
@@ -44,7 +49,8 @@ def prune_channels(model: ir.Model, ctx: PassContext, *, ratio: float, criterion
         ctx.details["ratio_raised"] = f"ratio {ratio} -> {used_ratio:.3f} to remove >= {macs_target:.0%} of MACs"
     if not sel.keep:
         return False
-    reconstruct = bool(ctx.options.get("reconstruct", True))
+    opts = refit or {}
+    reconstruct = bool(opts.get("enabled", True))
     fits: list = []
     reference = None
     if reconstruct or ctx.samples:
@@ -53,7 +59,7 @@ def prune_channels(model: ir.Model, ctx: PassContext, *, ratio: float, criterion
             reference = runtime.run(runtime.session(proto_bytes, optimization="basic"), ctx.samples)
         if reconstruct:
             feeds = ctx.calibration_feeds()
-            limit = int(ctx.options.get("reconstruct_samples", 64))
+            limit = int(opts.get("samples", 64))
             fits = rec.plan_fits(graph, sel, analysis)
     apply_selection(model, analysis, sel)
     infer_shapes(model)
@@ -61,14 +67,14 @@ def prune_channels(model: ir.Model, ctx: PassContext, *, ratio: float, criterion
         plain = runtime.run(runtime.session(model, optimization="basic"), ctx.samples)
         ctx.details["drift_without_reconstruct"] = _drift_row(metrics.drift(reference, plain))
     if fits:
-        source = str(ctx.options.get("reconstruct_inputs", "unpruned"))
-        positions = int(ctx.options.get("reconstruct_positions", rec.POSITIONS_PER_FEED))
-        ridge = float(ctx.options.get("reconstruct_ridge", rec.RIDGE))
+        source = str(opts.get("inputs", "unpruned"))
+        positions = int(opts.get("positions", rec.POSITIONS_PER_FEED))
+        ridge = float(opts.get("ridge", rec.RIDGE))
         ctx.details["reconstruct_inputs"] = source
         if source == "sequential":
             # He et al.'s order: refit layer by layer (in waves, to bound the ORT runs), each wave's
             # inputs taken from the model with the earlier waves already refitted.
-            waves = int(ctx.options.get("reconstruct_waves", 0)) or len(fits)  # 0: one layer per wave
+            waves = int(opts.get("waves", 0)) or len(fits)  # 0: one layer per wave
             chunks = np.array_split(np.arange(len(fits)), min(waves, len(fits)))
             rows = []
             for chunk in chunks:

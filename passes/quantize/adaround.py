@@ -20,7 +20,7 @@ torch needed and the same bytes on every machine. After the rounding, the layer'
 residual on those rows (empirical bias correction, Nagel et al. 2019).
 
 The pass runs on a QDQ graph (after ``quantize``), reading the float model the quantize pass leaves in
-``ctx.cache["float_model"]``; ``quantize`` runs it itself with ``--set adaround=true``.
+``ctx.float_reference``; ``quantize`` runs it itself with ``--set adaround=true``.
 It changes only int8 weight values (and biases): the graph structure and every scale stay as they were.
 Cost: one ONNX Runtime pass over the calibration samples per layer plus ``iters`` small solves.
 """
@@ -57,12 +57,12 @@ class AdaRound(Pass):
     bias: bool = True  # refit the bias to the mean residual after rounding
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
-        ref = ctx.cache.get("float_model")
+        ref = ctx.float_reference
         if ref is None:
             raise EdgecError("adaround needs the float model from before quantization",
                              hint="run it right after the quantize pass, or use --set adaround=true")
         float_model = ref if isinstance(ref, ir.Model) else model_io.from_bytes(ref)
-        bits = int(ctx.cache.get("weight_bits") or ctx.scheme.get("weight_bits", 8))
+        bits = int(ctx.quantized_weight_bits or ctx.scheme.get("weight_bits", 8))
         feeds = list(head(ctx.calibration_feeds(), self.samples))
         if not feeds:
             raise EdgecError("adaround: no calibration feeds", hint="give --calib")

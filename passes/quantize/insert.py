@@ -1,9 +1,10 @@
 """Q/DQ insertion: the placement's activations get QuantizeLinear/DequantizeLinear pairs with the ranges
 ranges.py derived; weights and biases are quantized here.
 
-Weights: int8, symmetric, per output channel (axis: Conv 0, ConvTranspose 1, Gemm 0 if transB else 1,
-MatMul 1), stored as int8 initializers read through a DequantizeLinear, so the file shrinks ~4x; the width
-(7 or 8 bits) is the scheme's ``weight_bits``.
+Weights: int8, symmetric, per output channel (the axis is rules.weight_axis: Conv 0, ConvTranspose 1,
+Gemm 0 if transB else 1, MatMul the last), stored as int8 initializers read through a DequantizeLinear,
+so the file shrinks ~4x; the width (7 or 8 bits) is the scheme's ``weight_bits``. Where a runtime wants
+explicit zero points and which biases stay float in the file: the scheme's rule table (rules.py).
 Bias (scheme bias=int32): int32 with scale = s_in * s_w per channel, zero point 0, which is exactly what
 ONNX Runtime's QLinearConv/QGemm fusions expect; optionally bias-corrected for the expected shift the
 weight rounding causes (Nagel et al. 2019), from per-channel input means collected in the same pass.
@@ -18,9 +19,10 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec import calib
-from edgec.graph import NameSource, add_initializer, const_array, drop_orphan
+from edgec.graph import NameSource, add_initializer, attr, const_array, drop_orphan
 from edgec.passes.quantize.placement import WEIGHTED, Placement
 from edgec.passes.quantize.ranges import rounded
+from edgec.passes.quantize.rules import weight_axis
 from edgec.passes.quantize.scheme import QuantScheme
 
 INT32_MAX = 2**31 - 1
@@ -34,6 +36,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
                weight_bits: int = 8, stats: dict[str, calib.TensorStats] | None = None) -> list[dict[str, Any]]:
     graph = model.graph
     names = NameSource(graph)
+    rules = scheme.rules
     act_np = scheme.act_np
     qmax = 2 ** (weight_bits - 1) - 1
     rows: list[dict[str, Any]] = []
@@ -61,9 +64,10 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
         w_index = 1
         if const_array(node.inputs[w_index]) is None:
             continue  # MatMul of two activations: both are quantized as activations
-        axis = _weight_axis(node)
         w = const_array(node.inputs[w_index])
         assert w is not None
+        axis = weight_axis(node.op_type, int(attr(node, "transB", 0)), w.ndim)
+        assert axis is not None  # every weighted op has a weight axis
         x = node.inputs[0]
         # The activation feeding this op is now a DQ output; its scale is the one we inserted.
         dq = x.producer() if x is not None else None
@@ -98,7 +102,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
             dq_w, w_scale, w_int = weights_cache[key]
         else:
             # ORT fuses a zero-point-less weight DQ into QLinearConv but not into QGemm/MatMulIntegerToFloat.
-            explicit_zp = scheme.placement != "ort" or node.op_type in ("Gemm", "MatMul")
+            explicit_zp = node.op_type in rules.explicit_zero_point
             w_int = _quantize_weight(w, w_scale, axis, qmax)
             dq_w = _dequantized_weight(graph, node, w_int, w_scale, axis, names, explicit_zp)
             weights_cache[key] = (dq_w, w_scale, w_int)
@@ -108,8 +112,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
         row: dict[str, Any] = {"tensor": old_w.name if old_w is not None else None, "kind": "weight", "op": node.op_type,
                                "node": node.name, "axis": axis if w_scale.size > 1 else None,
                                "channels": int(w_scale.size), "sqnr_db": rounded(_weight_sqnr(w, w_int, w_scale, axis))}
-        if bias is not None and s_in is not None and scheme.bias == "int32" and node.op_type == "Conv" \
-                and scheme.placement == "ort":
+        if bias is not None and s_in is not None and scheme.bias == "int32" and node.op_type in rules.float_bias:
             # ORT's BiasQuantization (qdq_transformer/bias_quantization.cc) turns the float bias of a QDQ
             # Conv into exactly this int32 (round(b / (s_in * s_w))) when it loads the model, and
             # QLinearConv still fuses: storing it float saves the per-channel int32 scale array and a node.
@@ -117,7 +120,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
             row["bias"] = "int32 (float in the file, quantized by ORT at load)"
         elif bias is not None and s_in is not None and scheme.bias == "int32" and node.op_type != "MatMul":
             _quantize_bias(graph, node, bias, np.float32(s_in) * w_scale.astype(np.float32), names,
-                           scheme.placement != "ort" or node.op_type == "Gemm")
+                           node.op_type in rules.explicit_zero_point)
             row["bias"] = "int32"
         rows.append(row)
     return rows
@@ -158,16 +161,6 @@ def _expected_shift(node: ir.Node, w: np.ndarray, scale: np.ndarray, axis: int, 
             return None
         return err @ mean if trans_b else mean @ err
     return None
-
-
-def _weight_axis(node: ir.Node) -> int:
-    if node.op_type == "ConvTranspose":
-        return 1
-    if node.op_type == "Gemm":
-        return 0 if int(node.attributes["transB"].value if "transB" in node.attributes else 0) else 1
-    if node.op_type == "MatMul":
-        return 1
-    return 0
 
 
 def _weight_scale(w: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:

@@ -1,17 +1,14 @@
 """Where Q/DQ pairs go, per runtime. Placement decides tensors and shared-scale groups, never numbers.
 
-ort       (ONNX Runtime CPU QDQ fusions): every input and output activation of an op ORT has an int8
-          kernel for (QLinearConv/MatMul/Add/Mul/Concat/Sigmoid/LeakyRelu/AveragePool/GlobalAveragePool,
-          QGemm) is quantized; data-movement ops (Reshape, Transpose, MaxPool, Resize ...) share their
-          input's scale so ORT drops the DQ->op->Q around them; a Relu/Clip that is the only reader of a
-          quantized op's output is absorbed: the Q goes after it with a range starting at 0, so ORT's
-          ReluQuantFusion/ClipQuantFusion delete it. Ops ORT has no int8 kernel for (HardSwish,
-          HardSigmoid, Softmax by default) stay float between DQ and Q.
-tensorrt  (TensorRT explicit quantization): Q/DQ only on the inputs of weighted ops and on the residual
-          input of an Add that follows a Conv (so the Add fuses into the Conv); nothing between a Conv
-          and its activation or pool; Concat inputs share one scale.
-tflite    (full integer): every float activation is quantized (Relu/Clip still absorbed, as TFLite fuses
-          activations); Sigmoid/Softmax outputs take TFLite's fixed 1/256, zero point -128.
+It follows the target's rule table (rules.py, named by the scheme's ``placement``): which ops run int8,
+which share their input's scale, which activations are absorbed, where the runtime wants Q/DQ
+(``qdq_at``: around int8 ops for ORT, on weighted inputs and residual Adds for TensorRT, everywhere for
+TFLite). ORT: data-movement ops share their input's scale so ORT drops the DQ->op->Q around them; a
+Relu/Clip that is the only reader of a quantized op's output is absorbed: the Q goes after it with a range
+starting at 0, so ORT's ReluQuantFusion/ClipQuantFusion delete it; ops ORT has no int8 kernel for
+(HardSwish, HardSigmoid, Softmax by default) stay float between DQ and Q. TensorRT: nothing between a Conv
+and its activation or pool; Concat inputs share one scale. TFLite: every float activation is quantized
+(Relu/Clip still absorbed, as TFLite fuses activations); Sigmoid/Softmax outputs take the fixed range.
 """
 
 from __future__ import annotations
@@ -23,16 +20,10 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec.graph import attr, const_array, only_consumer
+from edgec.passes.quantize.rules import ABSORBED, PASS_THROUGH, WEIGHTED, RuntimeRules
 from edgec.passes.quantize.scheme import QuantScheme
 
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops whose output is a rearrangement (or max/nearest pick) of input values: same scale in and out.
-PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "MaxPool", "Resize", "Slice",
-                "Split", "Gather", "Identity", "DepthToSpace", "SpaceToDepth", "Pad")
-# Ops with an ONNX Runtime CPU int8 kernel reached through its QDQ fusions (own output scale).
-ORT_INT8 = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
-ABSORBED = ("Relu", "Clip")
-FIXED_RANGE_OUTPUTS = ("Sigmoid", "Softmax")  # TFLite's int8 kernels want scale 1/256, zero point -128
+__all__ = ["ABSORBED", "ACTIVATIONS", "PASS_THROUGH", "WEIGHTED", "Placement", "place"]
 
 
 @dataclasses.dataclass
@@ -82,8 +73,8 @@ def place(graph: ir.Graph, scheme: QuantScheme, exclude: Iterable[str] = (), sha
     (A16W8; ORT only)."""
     exclude = list(exclude)
     floats = float_tensors(graph, exclude)
-    if scheme.placement == "tensorrt":
-        plan = _place_tensorrt(graph, exclude)
+    if scheme.rules.qdq_at == "weighted-inputs":
+        plan = _place_weighted_inputs(graph, scheme.rules, exclude)
     else:
         plan = _place_all(graph, scheme, exclude, share_concat, floats)
     plan.tensors = [t for t in plan.tensors if id(t) not in floats]
@@ -162,8 +153,9 @@ def _weighted_ok(node: ir.Node) -> bool:
 def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_concat: bool,
                floats: set[int] | None = None) -> Placement:
     floats = floats or set()
-    full = scheme.placement == "tflite"
-    int8_ops = set(WEIGHTED) | set(ORT_INT8) | ({"Softmax"} if scheme.softmax or full else set())
+    rules = scheme.rules
+    full = rules.qdq_at == "everywhere"
+    int8_ops = set(rules.weighted) | set(rules.int8_ops) | ({"Softmax"} if scheme.softmax or full else set())
     chosen: list[ir.Node] = []
     skipped: list[dict[str, str]] = []
     quantized_values: set[int] = set()  # ids of values that will carry a Q/DQ (for pass-through ops)
@@ -186,7 +178,7 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
         """The tensor to quantize for ``node``'s output: after an absorbed Relu/Clip if one follows."""
         out = node.outputs[0]
         nxt = only_consumer(out)
-        if nxt is not None and nxt.op_type in ABSORBED and nxt.domain in ("", "ai.onnx") and is_float(nxt.outputs[0]) \
+        if nxt is not None and nxt.op_type in rules.absorbed and nxt.domain in ("", "ai.onnx") and is_float(nxt.outputs[0]) \
                 and not excluded(nxt, exclude):
             absorbed.add(id(nxt))
             return nxt.outputs[0]
@@ -202,14 +194,14 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
         if excluded(node, exclude):
             skipped.append({"node": node.name or op, "op": op, "reason": "excluded"})
             continue
-        if full and op == "Softmax" and _long_softmax(node):
+        if op == "Softmax" and op in rules.fixed_outputs and _long_softmax(node):
             skipped.append({"node": node.name or op, "op": op,
                             "reason": "TFLite's int8 Softmax output step is 1/256: too coarse over > 64 entries"})
             continue
-        if op in WEIGHTED and not _weighted_ok(node):
+        if op in rules.weighted and not _weighted_ok(node):
             skipped.append({"node": node.name or op, "op": op, "reason": "weights are not constant"})
             continue
-        if op in ("Mul", "Div") and not full and scalar_factor(node) is not None:
+        if op in ("Mul", "Div") and rules.fold_scalar_mul and scalar_factor(node) is not None:
             src = node.inputs[1 - scalar_factor(node)[0]]  # type: ignore[index]
             if src is not None and id(src) in quantized_values and not src.is_graph_input() \
                     and id(node.outputs[0]) not in floats:
@@ -218,7 +210,7 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
                 quantized_values.add(id(node.outputs[0]))
                 chosen.append(node)
                 continue
-        if op in PASS_THROUGH:
+        if op in rules.pass_through:
             # Worth it only when the input is quantized anyway; otherwise the op just stays float.
             src = node.inputs[0]
             if src is not None and (id(src) in quantized_values or full) and len(node.outputs) == 1 \
@@ -238,7 +230,7 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
                 groups.append([src, *node.outputs])
                 chosen.append(node)
             continue
-        if op in ABSORBED:
+        if op in rules.absorbed:
             if full and id(node) not in absorbed and node.inputs[0] is not None and id(node.inputs[0]) not in quantized_values:
                 add(node.inputs[0])
                 add(node.outputs[0])
@@ -253,18 +245,18 @@ def _place_all(graph: ir.Graph, scheme: QuantScheme, exclude: list[str], share_c
                 add(node.inputs[i])  # type: ignore[arg-type]
         outs = [output_of(node)] if len(node.outputs) == 1 else [o for o in node.outputs if is_float(o)]
         for out in outs:
-            if out.is_graph_output() and op in ("Gemm", "MatMul") and not full:
+            if out.is_graph_output() and op in rules.float_outputs:
                 continue  # ORT fuses DQ->Gemm/MatMul with a float output (QGemm, MatMulIntegerToFloat)
             add(out)
-        if op == "Concat" and share_concat:
+        if op == "Concat" and share_concat and rules.concat_shares_scale:
             # Not shared: an input read through a folded scale (its own DQ carries the factor), and in
             # TFLite a Sigmoid/Softmax output on its fixed 1/256 (the converter requantizes it; sharing
             # would put every other input, e.g. YOLO's box coordinates, on that scale and saturate them).
             members = [node.inputs[i] for i in ins if id(node.inputs[i]) not in scaled_out
                        and (node.inputs[i].name or "") not in fixed]  # type: ignore[union-attr]
             groups.append([*members, outs[0]])  # type: ignore[list-item]
-        if full and op in FIXED_RANGE_OUTPUTS and scheme.act_dtype == "int8" and not scheme.act_symmetric:
-            fixed[outs[0].name or ""] = (1.0 / 256.0, -128)
+        if op in rules.fixed_outputs and scheme.act_dtype == "int8" and not scheme.act_symmetric:
+            fixed[outs[0].name or ""] = rules.fixed_outputs[op]
         chosen.append(node)
     return Placement(chosen, list(tensors.values()), _merge(groups), fixed, skipped, consts, scaled)
 
@@ -291,14 +283,15 @@ def scalar_factor(node: ir.Node) -> tuple[int, float] | None:
     return None
 
 
-def _place_tensorrt(graph: ir.Graph, exclude: list[str]) -> Placement:
+def _place_weighted_inputs(graph: ir.Graph, rules: RuntimeRules, exclude: list[str]) -> Placement:
+    """TensorRT's placement: Q/DQ on the data inputs of weighted ops (the runtime fuses the rest)."""
     chosen: list[ir.Node] = []
     skipped: list[dict[str, str]] = []
     tensors: dict[int, ir.Value] = {}
     for node in list(graph):
         if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type in WEIGHTED:
+        if node.op_type in rules.weighted:
             if excluded(node, exclude):
                 skipped.append({"node": node.name or node.op_type, "op": node.op_type, "reason": "excluded"})
                 continue
@@ -308,7 +301,7 @@ def _place_tensorrt(graph: ir.Graph, exclude: list[str]) -> Placement:
             for i in ins:
                 tensors.setdefault(id(node.inputs[i]), node.inputs[i])  # type: ignore[arg-type]
             chosen.append(node)
-        elif node.op_type == "Add" and len(node.inputs) == 2 and not excluded(node, exclude):
+        elif rules.residual_add and node.op_type == "Add" and len(node.inputs) == 2 and not excluded(node, exclude):
             # Conv -> Add(residual): quantizing the residual input lets TensorRT fuse the Add into the Conv.
             for i, other in ((0, 1), (1, 0)):
                 prod = node.inputs[i].producer() if node.inputs[i] is not None else None
@@ -319,7 +312,7 @@ def _place_tensorrt(graph: ir.Graph, exclude: list[str]) -> Placement:
     # Concat inputs share one scale when the Concat output is quantized (TensorRT removes the Concat).
     groups = []
     for node in graph:
-        if node.op_type == "Concat" and id(node.outputs[0]) in tensors:
+        if node.op_type == "Concat" and rules.concat_shares_scale and id(node.outputs[0]) in tensors:
             members = [v for v in node.inputs if v is not None]
             for v in members:
                 tensors.setdefault(id(v), v)

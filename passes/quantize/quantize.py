@@ -1,6 +1,6 @@
 """The ``quantize`` pass: calibrate once, then insert QuantizeLinear/DequantizeLinear pairs.   lossy
 
-The pass reads its options, builds the target's QuantScheme and runs the room's pieces in order:
+The pass reads its fields (edgec.settings puts the user's --set keys and flags there), builds the target's QuantScheme and runs the room's pieces in order:
 placement (placement.py: where Q/DQ go, for the target runtime; for ORT, HardSwish/HardSigmoid are first
 rewritten into int8-runnable ops, decompose.py), calibration and activation ranges (ranges.py), the
 search over calibration variants and fallbacks (search.py: ``method=auto``, ``fallback=auto``), Q/DQ
@@ -47,27 +47,35 @@ class Quantize(Pass):
     batch: int = 8
     weight_bits: int = 0  # 8 or 7; 0 = the target scheme's (or --set weight_bits=N)
     live_range: bool = False  # cut activation ranges to their readers' live interval (live_range.py)
+    #: the pass's own analytic bias correction (Nagel et al. 2019); None: auto, tried both ways on the
+    #: samples. Not the bias-correct pass (``--bias-correct``), which measures the shift after quantize.
+    analytic_bias_correction: bool | None = None
+    share_concat: bool = True  # Concat inputs share the output's range (ORT/TensorRT requantize-free)
+    a16: list[str] | None = None  # node names whose tensors take 16-bit activations (A16W8, ORT only)
+    int8_hardswish: bool = True  # ORT: decompose HardSwish/HardSigmoid so they run in int8
+    adaround: bool = False  # learn each weight's rounding after quantizing (adaround.py)
+    layer_sqnr: bool = True  # measure each layer's SQNR for the record (one ORT run per layer)
 
     def apply(self, model: ir.Model, ctx: PassContext) -> bool:
         overrides: dict[str, Any] = {}
-        if ctx.options.get("per_channel") is not None:
-            overrides["per_channel"] = bool(ctx.options["per_channel"])
+        if ctx.overrides.per_channel is not None:
+            overrides["per_channel"] = ctx.overrides.per_channel
         bits_from = "the target's scheme"
         if self.weight_bits:
             overrides["weight_bits"], bits_from = self.weight_bits, "the pass parameter quantize:weight_bits"
-        elif ctx.options.get("weight_bits") is not None:
-            overrides["weight_bits"], bits_from = _int_option(ctx.options["weight_bits"], "weight_bits"), "--set weight_bits"
+        elif ctx.overrides.weight_bits is not None:
+            overrides["weight_bits"], bits_from = ctx.overrides.weight_bits, "--set weight_bits"
         scheme = QuantScheme.from_mapping({**(ctx.scheme or {"precision": "int8"}), **overrides})
-        method = self.method or str(ctx.options.get("calib_method") or "auto")
+        method = self.method or "auto"
         if method not in calib.METHODS:
             raise EdgecError(f"unknown calibration method '{method}'", hint=" | ".join(calib.METHODS))
-        exclude = list(self.exclude or []) + _as_list(ctx.options.get("exclude"))
+        exclude = list(self.exclude or [])
         exclude = with_activations(model.graph, exclude)
-        fallback = _as_list(self.fallback or ctx.options.get("fallback"))
-        share = bool(ctx.options.get("share_concat", True))
+        fallback = _as_list(self.fallback)
+        share = self.share_concat
         # A16W8 (mixed precision): these nodes' quantized tensors take 16-bit activations; ORT runs them
         # with com.microsoft Q/DQ (uint16/int16), the other runtimes' converters would not read them.
-        wide = _as_list(ctx.options.get("a16")) if scheme.placement == "ort" else []
+        wide = list(self.a16 or []) if scheme.rules.a16 else []
         bits = scheme.weight_bits
         infer_shapes(model)
         name_values(model.graph)
@@ -79,14 +87,15 @@ class Quantize(Pass):
         # decomposed form below is slower in float (PP-LCNet 8.7 vs 4.8 ms) and would flatter int8.
         shipped = model_io.to_bytes(model) if ctx.samples else None
         if shipped is not None:
-            ctx.cache["fp32_model"] = shipped
-        decompose = scheme.placement == "ort" and ctx.options.get("int8_hardswish", True) and "HardSwish" not in exclude
+            ctx.shipped_float = shipped
+        decompose = scheme.rules.decompose_hard_activations and self.int8_hardswish and "HardSwish" not in exclude
         if fallback == ["auto"]:
             trial = model_io.from_bytes(shipped) if shipped is not None else model
             if decompose and shipped is not None:
                 decompose_hard_activations(trial.graph, exclude)
             fallback = measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped,
-                                        self.percentile, self.batch, self.live_range)
+                                        self.percentile, self.batch, self.live_range,
+                                        bias_correction=self.analytic_bias_correction)
             if fallback == ["fp32"]:
                 return False  # the model is untouched: the decomposition has not been applied to it
         decomposed = decompose_hard_activations(model.graph, exclude) if decompose else 0
@@ -102,11 +111,11 @@ class Quantize(Pass):
                           histogram=method not in ("minmax", "mean_minmax"))
         # The float model the int8 one is measured against: the shipped bytes unless HardSwish was decomposed.
         before = (model_io.to_bytes(model) if decomposed else shipped) if ctx.samples else None
-        # The bias-correct pass (empirical, after quantize) measures the shift itself: correcting here
-        # too would subtract it twice.
-        bc_opt = False if ctx.options.get("bias_correct") else ctx.options.get("bias_correction", "auto")
+        # None: auto. (With --bias-correct the driver sets it False: that pass measures the shift itself,
+        # correcting here too would subtract it twice.)
+        bc_opt = self.analytic_bias_correction
         if before is not None:
-            ctx.cache["float_model"] = before  # read by bias-correct (passes/bias_correct.py)
+            ctx.float_reference = before  # read by bias-correct (passes/bias_correct.py) and adaround
         if method == "auto" and before is not None:
             (method, bc), scores = choose_config(before, ctx, scheme, exclude, share, stats, bits, bc_opt,
                                                  wide, self.percentile, self.live_range)
@@ -116,8 +125,8 @@ class Quantize(Pass):
             bc = bc_opt is not False
         params = activation_params(plan, stats, scheme, method, self.percentile, self.live_range)
         rows = insert_qdq(model, plan, params, scheme, bits, stats if bc else None)
-        ctx.cache["weight_bits"] = bits  # read by the adaround pass
-        if _flag(ctx.options.get("adaround")) and before is not None:
+        ctx.quantized_weight_bits = bits  # read by the adaround pass
+        if self.adaround and before is not None:
             from edgec.passes.quantize.adaround import AdaRound, adaround, head, warn_if_few
 
             cfg = AdaRound()
@@ -131,13 +140,13 @@ class Quantize(Pass):
             "portable for ONNX Runtime on any x86 (MLAS without VNNI sums u8*s8 pairs in a saturating int16); "
             "use --target cpu-int8-vnni or --set weight_bits=8 where the deployment CPU has VNNI/AMX or ARM dot products"
             if bits == 7 else "the full int8 range (the runtime accumulates in int32)")
-        if before is not None and ctx.options.get("layer_sqnr", True):
+        if before is not None and self.layer_sqnr:
             rows = _with_measured_sqnr(rows, before, model, ctx)
         ctx.details["method"] = method
         ctx.details["placement"] = scheme.placement
         ctx.details["layers"] = rows
         ctx.details["skipped"] = plan.skipped
-        ctx.details["calibration"] = ctx.cache.get("calib_info", {})
+        ctx.details["calibration"] = ctx.calibration.info if ctx.calibration is not None else {}
         return True
 
 
@@ -157,17 +166,6 @@ def _with_measured_sqnr(rows: list[dict[str, Any]], before: bytes, model: ir.Mod
             r["sqnr_db"], r["cosine"] = m["sqnr_db"], m["cosine"]
     ctx.details["outputs"] = [m for m in measured.values() if m.get("is_output")]
     return sorted(rows, key=lambda r: (r.get("sqnr_db") is None, r.get("sqnr_db") or 0.0))
-
-
-def _int_option(value: Any, key: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise EdgecError(f"--set {key}={value!r}: expected a whole number", hint="7 or 8") from None
-
-
-def _flag(value: Any) -> bool:
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _as_list(value: Any) -> list[str]:

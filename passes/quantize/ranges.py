@@ -15,6 +15,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgec import calib, runtime
+from edgec.context import CalibStats
 from edgec.graph import NameSource
 from edgec.pass_infra import PassContext
 from edgec.passes.quantize import live_range
@@ -42,14 +43,14 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
     """Streaming statistics of ``names`` over the calibration feeds (cached in ctx for later passes)."""
     import time
 
-    key = ("calib_stats", tuple(sorted(names)))
-    cached = ctx.cache.get("calib_stats")
-    if cached is not None and cached[0] == key and (ctx.cache.get("calib_histogram", True) or not histogram):
-        return cached[1]
+    key = tuple(sorted(names))
+    cached = ctx.calibration
+    if cached is not None and cached.tensors == key and (cached.histogram or not histogram):
+        return cached.stats
     # Statistics of a superset (the mixed-precision search calibrates the union of its candidates' tensors
     # once): the same numbers, since every tensor is measured on the float model.
-    union = ctx.cache.get("calib_union")
-    if union is not None and set(names) <= union.keys() and (ctx.cache.get("calib_histogram", True) or not histogram):
+    union = ctx.calib_union
+    if union is not None and set(names) <= union.keys() and (cached is None or cached.histogram or not histogram):
         return {n: union[n] for n in names}
     feeds = ctx.calibration_feeds()
     if getattr(feeds, "synthetic", False):
@@ -65,10 +66,9 @@ def calibrate(model: ir.Model, names: list[str], ctx: PassContext, batch: int = 
                 and n.inputs[0].name in wanted}
     stats = calib.collect(model, names, feeds, batch=batch, progress=progress, total=total, channels=channels,
                           histogram=histogram)
-    ctx.cache["calib_stats"] = (key, stats)  # (key, stats): the form backends/tensorrt.py reads
-    ctx.cache["calib_histogram"] = histogram
-    ctx.cache["calib_info"] = {"samples": total, "tensors": len(names), "seconds": round(time.perf_counter() - t0, 3),
-                               "peak_rss_mb": round(runtime.peak_rss_mb(), 1)}
+    ctx.calibration = CalibStats(key, stats, histogram, {
+        "samples": total, "tensors": len(names), "seconds": round(time.perf_counter() - t0, 3),
+        "peak_rss_mb": round(runtime.peak_rss_mb(), 1)})
     return stats
 
 

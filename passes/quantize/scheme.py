@@ -10,8 +10,9 @@ import numpy as np
 
 from edgec.calib import Levels, levels
 from edgec.errors import EdgecError
+from edgec.passes.quantize.rules import RULES, RuntimeRules
 
-PLACEMENTS = ("ort", "tensorrt", "tflite")
+PLACEMENTS = tuple(RULES)  # ort | tensorrt | tflite: the rule table each name picks (rules.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +25,7 @@ class QuantScheme:
     act_dtype: str = "uint8"
     act_symmetric: bool = False
     bias: str = "int32"  # int32 | float
-    placement: str = "ort"  # ort | tensorrt | tflite
+    placement: str = "ort"  # ort | tensorrt | tflite: names the runtime's rule table (rules.py)
     softmax: bool = False  # quantize Softmax (TFLite always does; ORT keeps it float by default)
     # Weight width, chosen for the machine that RUNS the model, never read from the one that compiles it.
     # 7 on the portable ORT x86 target: without VNNI, MLAS multiplies u8 activations by s8 weights with
@@ -52,6 +53,11 @@ class QuantScheme:
         if s.placement not in PLACEMENTS:
             raise EdgecError(f"scheme placement '{s.placement}' is unknown", hint=" | ".join(PLACEMENTS))
         return s
+
+    @property
+    def rules(self) -> RuntimeRules:
+        """The runtime's rule table placement and insertion follow."""
+        return RULES[self.placement]
 
     @property
     def act_levels(self) -> Levels:

@@ -48,10 +48,10 @@ def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude:
     # 42.6); on held-aside PP-LCNet photos it gives 10.8 dB against percentile's 14.7. It stays a
     # --calib-method of its own.
     configs = [("percentile", True), ("percentile", False), ("minmax", True)]
-    if bc_opt is not None and bc_opt != "auto":
+    if bc_opt is not None:
         configs = list(dict.fromkeys((m, bool(bc_opt)) for m, _ in configs))
     feeds = ctx.samples[:4]
-    known = ctx.cache.get("sample_outputs")  # the manager ran the float model on these already
+    known = ctx.entering_outputs  # the manager ran the float model on these already
     ref = known[:len(feeds)] if known is not None and len(known) >= len(feeds) else \
         runtime.run(runtime.session(before, optimization="basic"), feeds)
     scores: dict[str, float] = {}
@@ -67,11 +67,13 @@ def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude:
 
 def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exclude: list[str],
                      share: bool, method: str, bits: int, fp32: bytes | None = None,
-                     percentile: float = 99.99, batch: int = 8, live: bool = False) -> list[str]:
+                     percentile: float = 99.99, batch: int = 8, live: bool = False,
+                     bias_correction: bool | None = None) -> list[str]:
     """--fallback auto: build each candidate, time it in ONNX Runtime against fp32, keep the fastest.
 
     Candidates leave float: nothing; depthwise convs; SE-block convs; both; HardSwish-bound ops.
     "fp32" (no quantization at all) wins only if every int8 variant is slower than the float model.
+    ``bias_correction``: the pass's analytic_bias_correction (None: auto, which corrects here).
     """
     from edgec.quant_report import fastest
 
@@ -99,7 +101,7 @@ def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exc
     for key, (m, plan) in plans.items():
         rule = "percentile" if method == "auto" else method
         insert_qdq(m, plan, activation_params(plan, stats, scheme, rule, percentile, live), scheme, bits,
-                   stats if ctx.options.get("bias_correction", "auto") is not False else None)
+                   stats if bias_correction is not False else None)
         variants[key] = model_io.to_bytes(m)
     best, times = fastest(variants, ctx.samples[0])
     int8_best = min((k for k in times if k != "fp32"), key=times.__getitem__, default="fp32")
