@@ -86,7 +86,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--dw-min-macs", type=float, help="depthwise: only layers with at least this fraction of the MACs (0.02 = 2%%)")
     pr.add_argument("--dw-layers", action="append", help="depthwise: node name patterns to consider")
     pr.add_argument("--dw-latency", action="store_true",
-                    help="depthwise: keep a replacement only if ONNX Runtime runs the pair faster than the conv")
+                    help="depthwise: keep a replacement only if the target's runtime (LiteRT for tflite-*, else "
+                         "ONNX Runtime) runs the pair faster than the conv")
+    pr.add_argument("--dw-min-sqnr", type=float,
+                    help="depthwise: end-to-end output SQNR budget in dB; pairs are accepted by gain while the "
+                         "outputs on held-out calibration feeds stay above it")
     tf = c.add_argument_group("TFLite")
     tf.add_argument("--io", choices=["int8", "float"], help="tflite-int8: quantized or float model inputs/outputs")
     tf.add_argument("--keep-nchw-io", action="store_true", help="tflite: keep ONNX (NCHW) layout at the boundary")
@@ -198,7 +202,7 @@ def compile_options(args: argparse.Namespace) -> dict[str, Any]:
             raise EdgecError(f"--set {item!r}: expected KEY=VALUE")
         opts[key.replace("-", "_")] = _scalar(value)
     opts.update(quant_options(args))
-    for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "io"):
+    for key in ("per_channel", "fallback", "dw_rank", "dw_max_error", "dw_min_macs", "dw_min_sqnr", "io"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     for key in ("bias_correct", "keep_nchw_io", "equalize", "dw_latency"):

@@ -56,7 +56,7 @@ KEYS: dict[str, tuple[Place, ...]] = {
     "prune_skip": (Place("prune", "skip", extend=True),),
     **_same("prune", "reconstruct", "reconstruct_samples", "reconstruct_inputs", "reconstruct_positions",
             "reconstruct_ridge", "reconstruct_waves"),
-    **{f"dw_{f}": (Place("depthwise", f),) for f in ("rank", "max_error", "min_macs", "layers", "latency")},
+    **{f"dw_{f}": (Place("depthwise", f),) for f in ("rank", "max_error", "min_macs", "layers", "latency", "min_sqnr")},
     "keep_names": (Place("qdq-compact", "keep_names"), Place("backend", "keep_names")),
     **_same("scheme", "weight_bits", "per_channel"),
     **_same("backend", "bench_runs", "trt_version", "trt_profile", "build_engine", "io", "keep_nchw_io"),

@@ -19,8 +19,11 @@ automatic mode (rank 0 / unset) each layer gets the smallest r below break-even 
 (both reported; a warning when below the floor). The error is the SQNR of the layer's own output (bias
 included) against the original conv, on input patches gathered with ONNX Runtime from real calibration
 feeds (fit on the even feeds, measured on the odd ones); without data it is measured on the weights.
-With ``latency`` each replacement is also timed against the conv in ONNX Runtime at the layer's real
-shape (``depthwise_latency.py``) and kept only when the pair is faster.
+With ``latency`` each replacement is also timed against the conv in the target's runtime (LiteRT/XNNPACK
+for tflite targets, ONNX Runtime otherwise) at the layer's real shape (``depthwise_latency.py``) and kept
+only when the pair is faster. The model's end-to-end output drift on held-out calibration feeds is then
+measured and recorded; with ``min_sqnr`` (dB) the pairs are accepted greedily by gain while the outputs stay
+above it (``depthwise_budget.py``). When no layer pays, the model is left unchanged and the record says so.
 Grouped convs (group > 1, depthwise included) are refused with the reason; 1x1 convs are skipped.
 """
 
@@ -35,11 +38,14 @@ from edgec.errors import EdgecError
 from edgec.graph import infer_shapes, nodes_of
 from edgec.pass_infra import Pass, PassContext, register
 
+from .depthwise_budget import EndToEnd, drift_record, whole_model_ratio, within_budget
 from .depthwise_fit import Fit, Fitter
 from .depthwise_latency import time_pair
 from .depthwise_layers import Layer, gather_patches, label, match, pick_feeds, rewrite, selected
 
-DEFAULT_MAX_ERROR = 30.0  # dB: the layer's output keeps 99.9 % of its energy
+# dB per layer. 30 dB (99.9 % of the layer's output energy) is not reachable below break-even for most
+# trained 3x3 convs (issue 23, measured); 25 dB is, and the end-to-end budget (min_sqnr) bounds the sum.
+DEFAULT_MAX_ERROR = 25.0
 
 
 @register("depthwise", exact=False)
@@ -50,7 +56,7 @@ class SeparateDepthwise(Pass):
 
     #: depthwise channel multiplier for every selected layer; None: --dw-rank, else chosen per layer
     rank: int | None = None
-    #: per-layer output SQNR floor in dB; None: --dw-max-error, else 30
+    #: per-layer output SQNR floor in dB; None: --dw-max-error, else 25
     max_error: float | None = None
     #: only layers with at least this fraction of the model's MACs; None: --dw-min-macs, else 0
     min_macs: float | None = None
@@ -62,8 +68,10 @@ class SeparateDepthwise(Pass):
     whiten: bool = True
     #: alternating least-squares rounds on the real input covariance (0: off; calibration data only)
     als_rounds: int = 2
-    #: keep a replacement only if ORT runs the pair faster than the conv; None: --dw-latency, else off
+    #: keep a replacement only if the target runtime runs the pair faster; None: --dw-latency, else off
     latency: bool | None = None
+    #: end-to-end output SQNR budget in dB on held-out calibration feeds; None: --dw-min-sqnr, else no budget
+    min_sqnr: float | None = None
     #: calibration feeds used to gather each layer's inputs
     max_feeds: int = 16
 
@@ -100,7 +108,7 @@ class SeparateDepthwise(Pass):
                             else "layer outputs on held-out positions of the single calibration feed")
         ctx.details["error_on"] = error_on
         total = metrics.count_macs(ir.serde.serialize_model(model))
-        replaced: list[tuple[Layer, dict[str, Any], Fit]] = []
+        candidates: list[tuple[Layer, dict[str, Any], Fit]] = []
         for layer in layers:
             d, fit = self._decide(layer, settings, total)
             if fit is not None and settings["latency"]:
@@ -110,7 +118,10 @@ class SeparateDepthwise(Pass):
                 if settings["rank"] and d["sqnr_db"] < settings["max_error"]:
                     ctx.warn(f"depthwise: '{d['node']}' at fixed rank {d['rank']} has {d['sqnr_db']:.1f} dB, "
                              f"below the {settings['max_error']:g} dB floor")
-                replaced.append((layer, d, fit))
+                candidates.append((layer, d, fit))
+        replaced = self._end_to_end(model, candidates, feeds, settings, decisions, position, ctx)
+        if settings["latency"] and replaced and feeds:
+            replaced = _whole_model_check(model, replaced, feeds[0], decisions, position, ctx)
         for layer, _, fit in replaced:
             rewrite(model.graph, layer, fit.dw, fit.pw, fit.bias)
         self._exact = all(d["rank"] >= d["full_rank"] and d["method"] == "svd" for _, d, _ in replaced)
@@ -122,6 +133,9 @@ class SeparateDepthwise(Pass):
         ctx.details["macs_replaced_after"] = after
         ctx.details["macs_reduction"] = 1 - after / before if before else 0.0
         ctx.details["model_macs_before"] = total
+        ctx.details["summary"] = _summary(replaced, layers, settings, ctx)
+        if not replaced:
+            ctx.warn(ctx.details["summary"])
         return bool(replaced)
 
     def _settings(self, ctx: PassContext) -> dict[str, Any]:
@@ -141,8 +155,37 @@ class SeparateDepthwise(Pass):
         if not 0.0 <= min_macs <= 1.0:
             raise EdgecError(f"depthwise: min_macs is a fraction of the model's MACs in [0, 1], got {min_macs:g}",
                              hint="e.g. --dw-min-macs 0.02 for layers with at least 2 % of the MACs")
+        budget = pick(self.min_sqnr, None)
         return {"rank": rank, "max_error": max_error, "min_macs": min_macs, "layers": list(patterns),
-                "latency": bool(pick(self.latency, False))}
+                "latency": bool(pick(self.latency, False)),
+                "min_sqnr": None if budget is None else float(budget)}
+
+    def _end_to_end(self, model: ir.Model, candidates: list[tuple[Layer, dict[str, Any], Fit]],
+                    feeds: list[Any], settings: dict[str, Any], decisions: dict[int, dict[str, Any]],
+                    position: dict[int, int], ctx: PassContext) -> list[tuple[Layer, dict[str, Any], Fit]]:
+        """The candidates the end-to-end budget keeps (all without one); records the model's output drift.
+
+        The drift is measured on the feeds the fits were not made on (the odd ones; the only one if one)."""
+        budget = settings["min_sqnr"]
+        held = (feeds[1::2] if len(feeds) > 1 else feeds)[:8]
+        if not candidates or not held:
+            exact = all(d["rank"] >= d["full_rank"] for _, d, _ in candidates)
+            if candidates and budget is not None and not exact:
+                raise EdgecError("depthwise: min_sqnr needs calibration data to measure the model's outputs",
+                                 hint="pass --calib DIR|FILE.npz, or drop --dw-min-sqnr")
+            ctx.details["end_to_end"] = None
+            return candidates
+        e2e = EndToEnd(model, held)
+        kept, rejected, drift = within_budget(e2e, candidates, budget)
+        for (layer, d, _), sqnr in rejected:
+            decisions[position[id(layer.node)]] = {
+                **d, "decision": "kept", "macs_after": None, "budget_rejected": True,
+                "reason": d["reason"] + f"; end-to-end budget: with it the outputs fall to {sqnr:.1f} dB < "
+                                        f"min_sqnr {budget:g} dB"}
+        record = drift_record(drift, len(held)) or {}
+        ctx.details["end_to_end"] = {**record, "min_sqnr": budget, "evaluations": e2e.evaluations,
+                                     "on": "model outputs on held-out calibration feeds vs the model before the pass"}
+        return kept
 
     def _decide(self, layer: Layer, settings: dict[str, Any], total_macs: int) -> tuple[dict[str, Any], Fit | None]:
         """The layer's decision record, and the fit to apply (None: the conv stays)."""
@@ -201,6 +244,58 @@ class SeparateDepthwise(Pass):
                 "sqnr_svd_db": fit.sqnr_svd_db, "macs_after": cin * r * (k + cout) * hw if hw else None,
                 "error_on": fitter.error_on,
                 "reason": (f"fixed rank {r}: " if fixed else f"smallest rank meeting {floor:g} dB: ") + mac_note}, fit
+
+
+def _whole_model_check(model: ir.Model, replaced: list[Any], feed: Any, decisions: dict[int, dict[str, Any]],
+                       position: dict[int, int], ctx: PassContext) -> list[Any]:
+    """Latency mode, after the per-pair checks: keep the pairs only if the whole model runs faster with them in
+    the target's runtime (both measurements agree), else none, each layer saying why."""
+    rt = ctx.layer_runtime
+    try:
+        ratios = whole_model_ratio(model, replaced, feed, ctx.layer_timer)
+    except Exception as exc:  # noqa: BLE001  e.g. a graph the runtime cannot load before legalization
+        ctx.details["whole_model_latency"] = {"runtime": rt, "error": str(exc).splitlines()[0][:200]}
+        ctx.warn(f"depthwise: whole-model timing in {rt} not possible ({type(exc).__name__}); kept the "
+                 "per-pair decisions")
+        return replaced
+    ratio = max(ratios)
+    ctx.details["whole_model_latency"] = {"runtime": rt, "ratio": ratio, "ratios": ratios}
+    if ratio < 1.0:
+        return replaced
+    ctx.details["end_to_end"] = None  # nothing applied: no drift
+    for layer, d, _ in replaced:
+        decisions[position[id(layer.node)]] = {
+            **d, "decision": "kept", "macs_after": None, "whole_model_rejected": True,
+            "reason": d["reason"] + f"; but the whole model runs x{ratio:.3f} in {rt} with the "
+                                    f"{len(replaced)} pairs (measured {', '.join(f'x{r:.3f}' for r in ratios)})"}
+    return []
+
+
+def _summary(replaced: list[Any], layers: list[Layer], settings: dict[str, Any], ctx: PassContext) -> str:
+    """One line for the record and, when nothing changed, the warnings: what was replaced, or why nothing."""
+    e2e = ctx.details.get("end_to_end") or {}
+    if replaced:
+        out = (f"depthwise: {len(replaced)} of {len(layers)} eligible convs replaced "
+               f"(MACs of those x{1 - ctx.details.get('macs_reduction', 0.0):.2f})")
+        if e2e:
+            sq = "bit-exact" if e2e.get("exact") else f"{e2e['sqnr_db']:.1f} dB SQNR"
+            out += f"; end-to-end outputs {sq}, cosine {e2e['cosine']:.4f} on {e2e['feeds']} held-out feeds"
+        return out
+    if not layers:
+        return "depthwise: no eligible conv (2-D, group 1, KxK, constant weights): model unchanged"
+    rows = [d for d in ctx.details.get("layers", []) if d.get("decision") == "kept"]
+    whole = sum(1 for d in rows if d.get("whole_model_rejected"))
+    slower = sum(1 for d in rows if d.get("latency") and not d.get("budget_rejected")) - whole
+    budget = sum(1 for d in rows if d.get("budget_rejected"))
+    why = [f"{len(rows) - slower - budget - whole} miss the {settings['max_error']:g} dB floor below break-even"]
+    if settings["latency"]:
+        why.append(f"{slower} meet it but {ctx.layer_runtime} runs the pair slower")
+    if whole:
+        ratio = (ctx.details.get("whole_model_latency") or {}).get("ratio", 0.0)
+        why.append(f"{whole} pairs faster alone, but the whole model runs x{ratio:.3f} with them")
+    if settings["min_sqnr"] is not None:
+        why.append(f"{budget} would take the outputs below min_sqnr {settings['min_sqnr']:g} dB")
+    return f"depthwise: no layer pays (of {len(layers)} eligible convs: {'; '.join(why)}): model unchanged"
 
 
 def _check_latency(layer: Layer, d: dict[str, Any], fit: Fit, ctx: PassContext) -> tuple[dict[str, Any], Fit | None]:

