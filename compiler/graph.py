@@ -136,12 +136,16 @@ def set_input_const(node: ir.Node, index: int, array: np.ndarray, name: str | No
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)
-    _drop_if_orphan(graph, old)
+    drop_orphan(graph, old)
     return value
 
 
-def _drop_if_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
-    """Remove an initializer nothing reads any more, so figures after a pass are not inflated."""
+def drop_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove an initializer nothing reads any more, so figures after a pass are not inflated.
+
+    Graph inputs (overridable), graph outputs and an initializer registered under the name by another
+    value are left alone.
+    """
     if value is None or not value.is_initializer() or value.uses() or value.is_graph_output():
         return
     if value.is_graph_input() or value.name is None:
@@ -150,11 +154,25 @@ def _drop_if_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
         graph.initializers.pop(value.name)
 
 
+def bypass_needs_identity(node: ir.Node, keep: int = 0) -> bool:
+    """Whether removing ``node`` would leave an Identity behind: its output is a graph output and its input
+    ``keep`` already has an interface name (graph input, another graph output, an initializer), which
+    cannot be renamed to the output's without breaking that other name.
+
+    onnx_ir's IdentityEliminationPass misses the graph-output case (``a = Relu(x); b = Identity(a)`` with
+    both outputs leaves outputs ``[b, b]``), so Identity and Dropout removal go through ``bypass``.
+    """
+    src = node.inputs[keep]
+    return node.outputs[0].is_graph_output() and src is not None and (
+        src.is_graph_input() or src.is_graph_output() or src.is_initializer())
+
+
 def bypass(node: ir.Node, keep: int = 0) -> None:
     """Remove a one-in one-out node by rewiring its output's readers to its input ``keep``.
 
     When the output is a graph output, the graph output is rewired to the kept value and the kept
-    value takes the output's name, so the model's interface keeps its names.
+    value takes the output's name, so the model's interface keeps its names (or, where the kept value
+    has an interface name of its own, ``bypass_needs_identity``, an Identity takes the node's place).
     """
     src = node.inputs[keep]
     out = node.outputs[0]
@@ -162,7 +180,7 @@ def bypass(node: ir.Node, keep: int = 0) -> None:
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     if out.is_graph_output():
-        if src.is_graph_input() or src.is_graph_output() or src.is_initializer():
+        if bypass_needs_identity(node, keep):
             # Renaming would break another interface name: keep an Identity instead.
             ident = ir.node("Identity", [src], name=node.name)
             ident.outputs[0].name = None
@@ -187,7 +205,7 @@ def bypass(node: ir.Node, keep: int = 0) -> None:
     others = [v for v in node.inputs if v is not None and v is not src]
     graph.remove(node, safe=True)
     for v in others:
-        _drop_if_orphan(graph, v)
+        drop_orphan(graph, v)
 
 
 def static_shape(value: ir.Value | None) -> tuple[int, ...] | None:

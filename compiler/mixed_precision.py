@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from edgec import calib, metrics, model_io, runtime, targets
@@ -221,7 +220,7 @@ def search(model: str | Path | ir.Model, target: str | targets.Target, calib_fee
             # Best: the first configuration meeting the budget (fewest changes); until one does, the best
             # budget figure seen.
             if best is None or (step.meets and not best[1].meets) or (not best[1].meets and step.metric > best[1].metric):
-                best = (model_io.from_proto(onnx.ModelProto.FromString(out.model)), step)
+                best = (model_io.from_bytes(out.model), step)
         if out_dir is not None and best is not None:
             _result(best, steps, rejected, False, "search in progress", ev, fallback, q, sensitivity, 0.0).save(out_dir)
         if progress:

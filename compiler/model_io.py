@@ -311,9 +311,18 @@ def from_proto(proto: onnx.ModelProto) -> ir.Model:
     return ir.serde.deserialize_model(proto)
 
 
+def from_bytes(data: bytes) -> ir.Model:
+    """The model serialized by ``to_bytes``: a snapshot kept as bytes (a roll-back, a memo) made live again."""
+    return from_proto(onnx.ModelProto.FromString(data))
+
+
 def clone(model: ir.Model) -> ir.Model:
-    """A deep copy, made through the proto (small models) - the IR has no cheap deep copy."""
-    return from_proto(onnx.ModelProto.FromString(to_bytes(model)))
+    """A copy whose graph can be rewritten without touching ``model`` (onnx_ir's ``Model.clone``).
+
+    Nodes and values are new objects; weight tensors are shared, which is safe because passes never
+    write into a tensor (they register new initializers, STYLE.md), and it costs no copy of the weights.
+    """
+    return model.clone()
 
 
 def ensure_opset(model: ir.Model, version: int) -> ir.Model:

@@ -49,7 +49,7 @@ def quantized_tensors(int8_model: ir.Model, fp32_names: set[str]) -> list[tuple[
 def layer_sqnr(fp32_model: ir.Model | bytes, int8_model: ir.Model, feeds: Iterable[Feed],
                limit: int | None = None) -> list[dict[str, Any]]:
     """SQNR (dB) and cosine of every quantized activation against its float value, worst first."""
-    fp32 = fp32_model if isinstance(fp32_model, ir.Model) else model_io.from_proto(_proto(fp32_model))
+    fp32 = fp32_model if isinstance(fp32_model, ir.Model) else model_io.from_bytes(fp32_model)
     fp32_names: set[str] = {v.name for n in fp32.graph for v in n.outputs if v.name} | \
         {v.name for v in fp32.graph.inputs if v.name}
     pairs = [p for p in quantized_tensors(int8_model, fp32_names) if p[0] in fp32_names]
@@ -106,12 +106,6 @@ def _integer_sources(int8_model: ir.Model) -> dict[str, tuple[str, float, int, i
             continue
         out[node.outputs[0].name or ""] = (node.inputs[0].name, float(s), int(z), int(q.outputs[0].dtype.value))
     return out
-
-
-def _proto(data: bytes):
-    import onnx
-
-    return onnx.ModelProto.FromString(data)
 
 
 def _accumulate(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
@@ -202,7 +196,7 @@ def quant_report(model: str | Path, calib: str | Path | None, *, target: str = "
     fp32 = edgec.compile(model, target=target, passes=before, shapes=shapes).model if before else \
         edgec.api.load_model(model, shapes)
     fp32_bytes = model_io.to_bytes(fp32)
-    res = edgec.compile(model_io.from_proto(_proto(fp32_bytes)), target=target, passes=int8_part, calib=calib,
+    res = edgec.compile(model_io.from_bytes(fp32_bytes), target=target, passes=int8_part, calib=calib,
                         calib_limit=calib_limit, options=options)
     q = next((r for r in res.records if r.name == QUANTIZE), None)
     src = data.load_feeds(calib if calib is not None else "random", fp32, limit=calib_limit,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from edgec import metrics, model_io, runtime, settings, targets
@@ -135,7 +134,7 @@ class Quantizer:
         return q
 
     def float_model(self) -> ir.Model:
-        return model_io.from_proto(onnx.ModelProto.FromString(self.float_bytes))
+        return model_io.from_bytes(self.float_bytes)
 
     def __call__(self, exclude: Sequence[str] = (), wide: Sequence[str] = ()) -> tuple[ir.Model, dict[str, Any]]:
         """The model with ``exclude`` (node names) float and ``wide`` (node names) on 16-bit activations."""
@@ -147,7 +146,7 @@ class Quantizer:
                 self._memo[key] = (model_io.to_bytes(model), details)
             return model, details
         data, details = self._memo[key]
-        return model_io.from_proto(onnx.ModelProto.FromString(data)), dict(details)
+        return model_io.from_bytes(data), dict(details)
 
     def _union(self) -> None:
         """Statistics of every float tensor of the decomposed float model, in one calibration pass."""

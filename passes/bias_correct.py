@@ -53,7 +53,7 @@ class BiasCorrect(Pass):
                                   "ctx.float_reference)")
         float_model = None
         if ref is not None:
-            float_model = ref if isinstance(ref, ir.Model) else model_io.from_proto(onnx.ModelProto.FromString(ref))
+            float_model = ref if isinstance(ref, ir.Model) else model_io.from_bytes(ref)
         if weights is None:
             weights = _float_weights(float_model)  # type: ignore[arg-type]
         feeds = _head(ctx.calibration_feeds(), self.limit)

@@ -17,13 +17,22 @@ from edgec.graph import (
     add_initializer,
     attr,
     bypass,
+    bypass_needs_identity,
     const_array,
     consumers,
     infer_shapes,
     initializer_inputs_to_constants,
     static_shape,
 )
-from edgec.pass_infra import Pass, PassContext, register
+from edgec.pass_infra import Pass, PassContext, register, register_ir_pass
+
+# onnx_ir's own passes, registered as they are (their constructor arguments are the pass parameters):
+# the manager checks and records them like any edgec pass. Not in any target's pipeline yet (adding one
+# changes artifacts); `--add cse` or `--passes ...,cse` runs them.
+register_ir_pass("cse", common.CommonSubexpressionEliminationPass, exact=True,
+                 doc="Merge nodes computing the same op on the same inputs (onnx_ir's CSE).")
+register_ir_pass("dedup-initializers", common.DeduplicateInitializersPass, exact=True,
+                 doc="Merge initializers with the same dtype, shape and bytes (onnx_ir).")
 
 
 @register("lift-constants", exact=True)
@@ -175,9 +184,7 @@ class EliminateDeadCode(Pass):
             if node.domain not in ("", "ai.onnx"):
                 continue
             if node.op_type == "Identity" or (node.op_type == "Dropout" and _inference_dropout(node)):
-                if node.outputs[0].is_graph_output() and (node.inputs[0].is_graph_input()
-                                                          or node.inputs[0].is_graph_output()
-                                                          or node.inputs[0].is_initializer()):
+                if bypass_needs_identity(node):
                     continue  # the Identity is the only thing giving the output its own name
                 bypass(node)
                 changed = True

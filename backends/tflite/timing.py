@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 
-from edgec import runtime
+from edgec import model_io, runtime
 
 RUNTIME = "LiteRT (XNNPACK)"
 
@@ -26,7 +24,7 @@ def layer_timer(models: Sequence[bytes], feed: dict[str, np.ndarray], runs: int 
 
     lites = []
     for data in models:
-        model = ir.serde.deserialize_model(onnx.ModelProto.FromString(data))
+        model = model_io.from_bytes(data)
         flat, _ = convert(model, "fp32")
         lite = LiteRTModel(flat, model, threads=threads)
         lite.set_inputs(feed)

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from edgec import calib, model_io, runtime
@@ -62,7 +61,7 @@ class AdaRound(Pass):
         if ref is None:
             raise EdgecError("adaround needs the float model from before quantization",
                              hint="run it right after the quantize pass, or use --set adaround=true")
-        float_model = ref if isinstance(ref, ir.Model) else model_io.from_proto(onnx.ModelProto.FromString(ref))
+        float_model = ref if isinstance(ref, ir.Model) else model_io.from_bytes(ref)
         bits = int(ctx.quantized_weight_bits or ctx.scheme.get("weight_bits", 8))
         feeds = list(head(ctx.calibration_feeds(), self.samples))
         if not feeds:

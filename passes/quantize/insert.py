@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgec import calib
-from edgec.graph import NameSource, add_initializer, attr, const_array
+from edgec.graph import NameSource, add_initializer, attr, const_array, drop_orphan
 from edgec.passes.quantize.placement import WEIGHTED, Placement
 from edgec.passes.quantize.ranges import rounded
 from edgec.passes.quantize.rules import weight_axis
@@ -97,7 +97,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
                     # Our NameSource, not set_input_const's: that one rescans the whole graph per call.
                     old_b = node.inputs[2]
                     node.replace_input_with(2, add_initializer(graph, bias, f"{_short(node)}_bc", names))
-                    _drop_orphan(graph, old_b)
+                    drop_orphan(graph, old_b)
         if key in weights_cache and bias is None:
             dq_w, w_scale, w_int = weights_cache[key]
         else:
@@ -108,7 +108,7 @@ def insert_qdq(model: ir.Model, plan: Placement, params: dict[str, dict[str, Any
             weights_cache[key] = (dq_w, w_scale, w_int)
         old_w = node.inputs[w_index]
         node.replace_input_with(w_index, dq_w)
-        _drop_orphan(graph, old_w)
+        drop_orphan(graph, old_w)
         row: dict[str, Any] = {"tensor": old_w.name if old_w is not None else None, "kind": "weight", "op": node.op_type,
                                "node": node.name, "axis": axis if w_scale.size > 1 else None,
                                "channels": int(w_scale.size), "sqnr_db": rounded(_weight_sqnr(w, w_int, w_scale, axis))}
@@ -231,7 +231,7 @@ def _quantize_bias(graph: ir.Graph, node: ir.Node, bias: np.ndarray, scale: np.n
     graph.insert_before(node, dq)
     old = node.inputs[2]
     node.replace_input_with(2, dq.outputs[0])
-    _drop_orphan(graph, old)
+    drop_orphan(graph, old)
 
 
 def _quantize_const_input(graph: ir.Graph, node: ir.Node, index: int, scheme: QuantScheme,
@@ -253,7 +253,7 @@ def _quantize_const_input(graph: ir.Graph, node: ir.Node, index: int, scheme: Qu
     graph.insert_before(node, dq)
     old = node.inputs[index]
     node.replace_input_with(index, dq.outputs[0])
-    _drop_orphan(graph, old)
+    drop_orphan(graph, old)
 
 
 def _fold_scalar_mul(graph: ir.Graph, node: ir.Node, names: NameSource,
@@ -281,14 +281,9 @@ def _fold_scalar_mul(graph: ir.Graph, node: ir.Node, names: NameSource,
     new.outputs[0].name = name
     const = node.inputs[k]
     graph.remove(node, safe=True)
-    _drop_orphan(graph, const)
+    drop_orphan(graph, const)
     if not dq.outputs[0].uses() and not dq.outputs[0].is_graph_output():
         graph.remove(dq, safe=True)  # ORT would still run a DequantizeLinear nobody reads
-
-
-def _drop_orphan(graph: ir.Graph, v: ir.Value | None) -> None:
-    if v is not None and v.is_initializer() and not v.uses() and not v.is_graph_output() and v.name in graph.initializers:
-        graph.initializers.pop(v.name)
 
 
 def _insert_pair(graph: ir.Graph, t: ir.Value, scale: float, zp: int, dtype: type[np.integer],

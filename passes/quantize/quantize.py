@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from edgec import calib, model_io
@@ -91,7 +90,7 @@ class Quantize(Pass):
             ctx.shipped_float = shipped
         decompose = scheme.rules.decompose_hard_activations and self.int8_hardswish and "HardSwish" not in exclude
         if fallback == ["auto"]:
-            trial = model_io.from_proto(onnx.ModelProto.FromString(shipped)) if shipped is not None else model
+            trial = model_io.from_bytes(shipped) if shipped is not None else model
             if decompose and shipped is not None:
                 decompose_hard_activations(trial.graph, exclude)
             fallback = measure_fallback(trial, ctx, scheme, exclude, share, method, bits, shipped,
@@ -133,7 +132,7 @@ class Quantize(Pass):
             cfg = AdaRound()
             feeds = head(ctx.calibration_feeds(), cfg.samples)
             warn_if_few(ctx, len(feeds))
-            ctx.details["adaround"] = adaround(model, model_io.from_proto(onnx.ModelProto.FromString(before)),
+            ctx.details["adaround"] = adaround(model, model_io.from_bytes(before),
                                                feeds, bits, cfg)
         ctx.details["bias_correction"] = bc
         ctx.details["weight_bits"] = bits

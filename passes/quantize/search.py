@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 
 from edgec import calib, model_io
@@ -57,7 +56,7 @@ def choose_config(before: bytes, ctx: PassContext, scheme: QuantScheme, exclude:
         runtime.run(runtime.session(before, optimization="basic"), feeds)
     scores: dict[str, float] = {}
     for m, bc in configs:
-        cand = model_io.from_proto(onnx.ModelProto.FromString(before))
+        cand = model_io.from_bytes(before)
         plan = place(cand.graph, scheme, exclude, share_concat=share, wide=wide)
         insert_qdq(cand, plan, activation_params(plan, stats, scheme, m, percentile, live), scheme, bits,
                    stats if bc else None)
@@ -88,7 +87,7 @@ def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exc
     seen: dict[tuple[str, ...], str] = {}
     plans = {}
     for key, modes in candidates.items():
-        m = model_io.from_proto(onnx.ModelProto.FromString(base))
+        m = model_io.from_bytes(base)
         skip = tuple(sorted(exclude + fallback_exclusions(m.graph, modes)))
         if skip in seen:
             continue  # the same float set as an earlier candidate (e.g. no SE blocks in this model)
@@ -97,7 +96,7 @@ def measure_fallback(model: ir.Model, ctx: PassContext, scheme: QuantScheme, exc
         if plan.tensors:
             plans[key] = (m, plan)
     names = sorted({t.name or "" for _m, p in plans.values() for t in p.tensors})
-    stats = calibrate(model_io.from_proto(onnx.ModelProto.FromString(base)), names, ctx, batch,
+    stats = calibrate(model_io.from_bytes(base), names, ctx, batch,
                       histogram=method not in ("minmax", "mean_minmax"))
     for key, (m, plan) in plans.items():
         rule = "percentile" if method == "auto" else method
