@@ -17,10 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
-from edgec import metrics, runtime
+from edgec import metrics, model_io, runtime
 from edgec.graph import nodes_of
 from edgec.pass_infra import Feed
 
@@ -59,7 +58,7 @@ class EndToEnd:
 
 def with_pairs(base: bytes, chosen: Sequence[Candidate]) -> bytes:
     """The serialized model ``base`` with the ``chosen`` replacements applied (to a copy)."""
-    copy = ir.serde.deserialize_model(onnx.ModelProto.FromString(base))
+    copy = model_io.from_bytes(base)
     convs = {label(n): n for n in nodes_of(copy.graph, "Conv")}
     for layer, _, fit in chosen:
         rewrite(copy.graph, dataclasses.replace(layer, node=convs[label(layer.node)]), fit.dw, fit.pw, fit.bias)
