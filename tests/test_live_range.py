@@ -119,9 +119,8 @@ def test_hardswish_input_range_starts_at_minus_three(target):
     feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
     lows = {}
     for live in (False, True):
-        ctx = PassContext(samples=feeds[:4], calib=feeds, scheme=targets.get(target).scheme,
-                          options={"calib_method": "minmax"})
-        assert Quantize(live_range=live).apply(_conv_hardswish(), ctx)
+        ctx = PassContext(samples=feeds[:4], calib=feeds, scheme=targets.get(target).scheme)
+        assert Quantize(live_range=live, method="minmax").apply(_conv_hardswish(), ctx)
         rows = {r["tensor"]: r for r in ctx.details["layers"] if r.get("kind") == "activation"}
         lows[live] = rows["c1"]["lo"]
         assert rows["c1"]["min"] < -10  # the calibrated minimum, far below the cut
