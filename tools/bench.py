@@ -249,7 +249,7 @@ def shifted_rows(name: str, args: argparse.Namespace, tools: dict[str, str], tmp
     calibrated and scored there (SQNR on held-aside images only; latency is the main table's)."""
     anchors = ["ort"] + (["nncf"] if tools.get("nncf") == "ok" else [])
     acc_args = argparse.Namespace(calib=args.calib, eval=args.eval, anchors=anchors,
-                                  targets=[t for t in args.targets if "int8" in t])
+                                  targets=[t for t in args.targets if "int8" in t], set={}, passes_of=[])
     rows: list[dict] = []
     for dist in accuracy.DISTS.get(name, [])[1:]:
         rows += accuracy.run_one(name, dist, acc_args, tmp)
@@ -310,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, list[Variant]] = {}
     shifted: dict[str, list[dict]] = {}  # trained model -> tools/accuracy.py rows on its shifted data
     sections: dict[str, str] = {}  # model -> its table, or why it has none
+    failed: list[str] = []  # models whose section says "failed" (the run then exits 1)
     macs: dict[str, int] = {}
     for name in args.models:
         print(f"[bench] {name}", flush=True)
@@ -332,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001  one model's failure must not lose the others' rows
             first = (str(exc).strip().splitlines() or [""])[0]
             sections[name] = f"### {name}\n\nfailed: {type(exc).__name__}: {first[:300]}\n"
+            failed.append(name)
         elapsed = time.perf_counter() - t0
         sections[name] += f"- elapsed: {elapsed:.0f} s (builds and measurement)\n"
         # The peak is what the machine can do: re-measured after every model and the best kept, so a busy
@@ -352,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write_text("\n".join([*head, peak_line(), total, main_summary, onnx2tf_summary(results),
                                   fidelity(results, shifted), figure, *body]))
     print(f"wrote {out} and {png}")
+    if failed:
+        # A section that says "failed" is a broken benchmark, not a result: the run must not look clean.
+        print(f"bench: {len(failed)} model(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
