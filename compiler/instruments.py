@@ -145,7 +145,7 @@ class Validity(Instrument):
             # at IR 7, Ifs whose branches it types differently): passes are then held to the structural
             # check and to ORT running them, not blamed for the input's own inference errors.
             self.full_check = False
-            self.warn(f"the input model fails ONNX shape inference ({_first_line(exc)}); passes are checked "
+            self.warn(f"the input model fails ONNX shape inference ({model_io.first_line(exc)}); passes are checked "
                       "structurally and by running them in ONNX Runtime")
         except onnx.checker.ValidationError:
             pass  # a structural fault: the first changed pass reports it, as before
@@ -330,9 +330,6 @@ def default(ctx: PassContext, *, check_drift: bool = True, diff: bool = True, du
         out.append(OnStep(on_step))
     return out
 
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def run_batched(sess: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:

@@ -47,7 +47,7 @@ def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = No
     try:
         proto = onnx.load(str(p), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
-        raise EdgecError(f"{p}: not a readable ONNX model (truncated or not a protobuf: {_first_line(exc)})",
+        raise EdgecError(f"{p}: not a readable ONNX model (truncated or not a protobuf: {first_line(exc)})",
                          hint="is this the right file? re-export or re-download it") from None
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.output) == 0):
         raise EdgecError(f"{p}: not an ONNX model (no graph)", hint="is this the right file?")
@@ -56,7 +56,7 @@ def load(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]] | None = No
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # noqa: BLE001 - the deserializer raises many kinds on malformed input
-        raise EdgecError(f"{p}: malformed ONNX graph: {_first_line(exc)}", hint="re-export the model") from None
+        raise EdgecError(f"{p}: malformed ONNX graph: {first_line(exc)}", hint="re-export the model") from None
     _negative_dims_are_dynamic(model)
     initializer_inputs_to_constants(model)
     # External tensors are resolved relative to the model's folder, lazily (memory-mapped on use).
@@ -84,7 +84,8 @@ def _negative_dims_are_dynamic(model: ir.Model) -> None:
 _REEXPORT = "the file is not a valid ONNX graph: re-export it (onnx.checker.check_model shows the details)"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type name when it has no text), at most 200 characters."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]
 
@@ -334,7 +335,7 @@ def ensure_opset(model: ir.Model, version: int) -> ir.Model:
     try:
         converted = onnx.version_converter.convert_version(proto, version)
     except Exception as exc:  # noqa: BLE001 - the converter raises plain RuntimeErrors
-        raise EdgecError(f"cannot upgrade the model from opset {current} to {version}: {_first_line(exc)}") from None
+        raise EdgecError(f"cannot upgrade the model from opset {current} to {version}: {first_line(exc)}") from None
     return from_proto(converted)
 
 
