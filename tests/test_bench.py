@@ -97,6 +97,33 @@ def test_refused_conversion_is_a_row_with_the_reason(tmp_path: Path) -> None:
     assert v.note.startswith("refused: EdgecError:") and "Det" in v.note and "\n" not in v.note
 
 
+def test_build_wall_time_is_the_median_of_interleaved_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary's quant wall-time ratio: each timed build repeated, interleaved, the median kept; the first
+    build's artifact stays the measured one; a failed repeat leaves the other builds' figures."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench
+    from bench_measure import Variant
+
+    order: list[str] = []
+    times = {"ort-quant": iter([7.0, 12.0]), "edgec:cpu-int8": iter([20.0, None])}
+
+    def fake_build(kind: str, src: Path, dst: Path, feeds: Path) -> Variant:
+        order.append(kind)
+        s = next(times[kind])
+        return Variant(kind, dst if s is not None else None, s, 100.0 + (s or 0))
+
+    monkeypatch.setattr(bench, "build", fake_build)
+    first = [Variant("ort-quant", tmp_path / "ort.onnx", 9.0, 50.0),
+             Variant("edgec:cpu-int8", tmp_path / "edgec", 15.0, 70.0),
+             Variant("edgec:cpu-fp32", tmp_path / "fp32", 3.0, 10.0)]
+    bench.repeat_builds(first, tmp_path / "m.onnx", tmp_path, 3)
+    assert order == ["ort-quant", "edgec:cpu-int8", "ort-quant", "edgec:cpu-int8"]
+    ort, e8, fp = first
+    assert (ort.build_s, ort.figures["build_runs"], ort.path) == (9.0, 3, tmp_path / "ort.onnx")
+    assert (e8.build_s, e8.figures["build_runs"]) == (17.5, 2)  # 15 and 20; the failed third run is dropped
+    assert fp.build_s == 3.0 and "build_runs" not in fp.figures  # not a timed build: built once
+
+
 # ------------------------------------------------------------------------------------------- tools/accuracy.py
 def test_calibration_and_evaluation_come_from_different_photos() -> None:
     """Held-aside means held aside: evaluation crops come only from EVAL_PHOTOS, calibration never does, and
