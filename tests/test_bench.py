@@ -219,16 +219,18 @@ def test_fidelity_table_puts_both_distributions_side_by_side() -> None:
     variants = [Variant("fp32", None), Variant("ort-quant", None, figures={"sqnr_db": 11.84, "top1_agree": 0.75}),
                 Variant("nncf", None, note="raw file refused (X); after the manual fix (opset 13, ...)",
                         figures={"sqnr_db": 20.5}),
-                Variant("edgec:cpu-int8", None, figures={"sqnr_db": 14.3, "top1_agree": 0.8125}),
+                Variant("edgec:cpu-int8", None, figures={"sqnr_db": 14.3, "top1_agree": 0.8125,
+                                                         "sample_sqnr_median": 21.04}),
                 Variant("edgec:cpu-int8@minmax", None, figures={"sqnr_db": 13.0})]
     base = {"model": "ppocr-det", "dist": "text@320", "role": "shifted"}
     rows = [{**base, "variant": "ort", "error": "output does not run: Fail"},
             {**base, "variant": "nncf", "error": "RuntimeError: no"},
             {**base, "variant": "nncf+fix", "sqnr_db": 16.2},
-            {**base, "variant": "edgec:cpu-int8", "sqnr_db": 12.94, "argmax_agree": 0.5}]
+            {**base, "variant": "edgec:cpu-int8", "sqnr_db": 12.94, "argmax_agree": 0.5,
+             "sample_sqnr_median": 18.96}]
     text = bench_report.fidelity({"ppocr-det": variants}, {"ppocr-det": rows})
     # @minmax is not a column; nncf+fix is, as soon as one model has it.
     assert "| model | data | ort-quant | nncf | nncf+fix | edgec:cpu-int8 |" in text
-    assert "| ppocr-det | text@640 (in-distribution) | 11.8 (0.75) | 20.5 fix | – | 14.3 (0.81) |" in text
-    assert "| ppocr-det | text@320 (shifted) | failed | failed | 16.2 | 12.9 (0.50) |" in text
+    assert "| ppocr-det | text@640 (in-distribution) | 11.8 (0.75) | 20.5 fix | – | 14.3 / 21.0 (0.81) |" in text
+    assert "| ppocr-det | text@320 (shifted) | failed | failed | 16.2 | 12.9 / 19.0 (0.50) |" in text
     assert bench_report.fidelity({"digits": variants[:2]}, {}) == ""
