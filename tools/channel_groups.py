@@ -32,6 +32,7 @@ cpu-int8 on the unrewritten model, 2 intra-op threads, spinning off, 120 runs):
     k=2, block 0 only (stem, 16 channels at 112x112)     37.7 / 50.6              16.3 / 16.6       1.22-1.35x
     k=2, blocks 0 and 1                                      -                    18.0 / 20.5       1.43x
     block 0 k=2 + the rest k=2 multiples of 8                -                    19.3 / 23.0       1.61x
+    block 0 only, its 8 widest channels / the other 8    34.6 / 48.6              15.8 / 18.1       1.14-1.16x
   (the "-" rows were run on photos only.) So per-group scales do recover NNCF's accuracy with every
   activation int8 (k=3: +8.2 / +7.3 dB on photos, +4.4 / +0.7 on text), confirming the diagnosis: the loss
   is the per-tensor scale of the pointwise->depthwise tensor. But the gain lives in small high-range
@@ -42,8 +43,11 @@ cpu-int8 on the unrewritten model, 2 intra-op threads, spinning off, 120 runs):
   channel count, and groups that are not multiples of 8/16 channels pad the GEMM. Aligning group sizes to
   16 channels makes it cheap (1.07-1.13x) but then the outlier channels share a group with ordinary ones and
   the gain is gone (+0.5 / +2.0 dB on photos, text aggregate down). The text aggregate is also fragile
-  under the rewrite (31 / 29 / 25 dB in some variants with the median unchanged: a few samples' error
-  grows); not investigated.
+  under the rewrite (31 / 29 / 25 dB in some variants with the median unchanged): the text-rotated
+  aggregate is carried by a few hard samples and swings with any change of calibration, not only this one
+  (unrewritten, edgec's own calib_method: auto 40.8 / 50.0, minmax 39.8 / 43.3, mse 26.7 / 49.2; the
+  block-0 [8, 8] split: 27.8 / 43.3 with auto minus analytic bias correction, 26.8 / 44.0 minmax, 33.5 / 50.6
+  mse), so single text-aggregate figures above are +-10 dB noisy; the photos figures move together.
 
   ppocr-cls (2 of its blocks match; the others have an SE), k=2 / k=3:
     lines (in-dist)      edgec 17.3 / 41.6;  k=2 15.8 / 40.5 (1.04x);  k=3 17.3 / 41.6 (1.08x)
