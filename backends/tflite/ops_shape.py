@@ -73,12 +73,14 @@ def reshape_like(cv: Converter, node: ir.Node) -> None:
     out_shape = cv.shape(out)
     q = cv.quant_mode([x], out)
     want = "int8" if q else "float"
-    if (s.perm != L.identity(len(s.shape)) and not L.reshape_keeps_order(s.perm, s.shape)
-            and len(out_shape) == 2 and s.perm[0] == 0 and out_shape[0] == s.shape[0]
-            and all(_reads_as_fc(cv, u) for u in _readers(cv, out))):
-        # Flatten of an NHWC map feeding FULLY_CONNECTED: flatten in NHWC order, permute the weights.
+    if (len(s.shape) > 2 and s.flat is None and len(out_shape) == 2 and s.perm[0] == 0
+            and out_shape[0] == s.shape[0] and all(_reads_as_fc(cv, u) for u in _readers(cv, out))):
+        # A flatten read only by FULLY_CONNECTEDs: FULLY_CONNECTED flattens its input itself (batch =
+        # elements / K, keep_num_dims off), so it reads the stored map as is -- no RESHAPE, no TRANSPOSE
+        # back to NCHW; the weight columns are permuted into the stored order instead. (GlobalAveragePool ->
+        # Flatten -> Gemm heads: one op fewer, as TensorFlow's converter writes them.)
         flat = L.flatten_order(tuple(p - 1 for p in s.perm[1:]), s.shape[1:])
-        idx = cv.reshape(cv.act(x, None, want), out_shape, out.name or "flat")
+        idx = cv.act(x, None, want)
         if q is not None:
             idx = cv.requantize(idx, q, (out.name or "flat") + "_rq")
         cv.slots[out] = Slot(idx, L.identity(2), out_shape, flat)

