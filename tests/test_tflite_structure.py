@@ -93,3 +93,58 @@ def test_pplcnet_head_matches_onnx2tf_structure(zoo, zoo_path, tmp_path):
     assert "RESHAPE" not in hist and "TRANSPOSE" not in hist and fc_inputs_from(data) == ["MUL"]
     assert res.artifacts.figures["xnnpack_partitions"] == 1
     assert res.artifacts.figures["drift_vs_input"]["max_rel"] <= 1e-4
+
+
+def _wide_model() -> ir.Model:
+    """x -> Resize nearest x8 (H) x6 (W) -> Concat of 7 Relu copies along C: concatenations wider than XNNPACK takes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 8, 6])
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["up"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+    nodes += [helper.make_node("Relu", ["up"], [f"r{i}"]) if i == 0 else
+              helper.make_node("Mul", ["up", f"k{i}"], [f"r{i}"]) for i in range(7)]
+    inits = [scales] + [helper.make_tensor(f"k{i}", TensorProto.FLOAT, [1], [float(i)]) for i in range(1, 7)]
+    nodes.append(helper.make_node("Concat", [f"r{i}" for i in range(7)], ["y"], axis=1))
+    g = helper.make_graph(nodes, "wide", [x], [y], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    return ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(m))
+
+
+def test_wide_concatenations_stay_in_xnnpack():
+    """An x8 nearest upsample and a 7-input Concat: every CONCATENATION has at most 5 inputs (XNNPACK's
+    limit), one XNNPACK partition, and the output equals ONNX Runtime's bit for bit (copies only)."""
+    from edgec.backends.tflite import convert
+    from edgec.backends.tflite.ops_shape import MAX_CONCAT
+
+    model = _wide_model()
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 5, 4)).astype(np.float32)} for i in range(2)]
+    data, _ = convert(model, "fp32", samples=feeds)
+    widths = [len(ins) for name, ins, _ in ops_of(data) if name == "CONCATENATION"]
+    assert widths and max(widths) <= MAX_CONCAT == 5, widths
+    lite = LiteRTModel(data, model)
+    assert lite.xnnpack_partitions() == (1, {})
+    ref = ort_outputs(model, feeds)
+    for r, f in zip(ref, feeds):
+        assert np.array_equal(lite.run(f)["y"], r["y"])
+
+
+@pytest.mark.zoo
+def test_ppocr_det_runs_in_one_xnnpack_partition(zoo, zoo_path, tmp_path):
+    """PP-OCRv4 det: its FPN's x8/x4/x2 nearest upsamplings were 8-input CONCATENATIONs XNNPACK refused (3
+    partitions; onnx2tf 1.29's file has 9: RESIZE_NEAREST_NEIGHBOR, RELU_0_TO_1 and a TRANSPOSE_CONV outside).
+    Now one partition, no TRANSPOSE (onnx2tf: 53), LiteRT within 1e-4 of ORT on a real text image
+    (160 x 160 here to keep the default run fast; the graph is the same at any size)."""
+    entry = zoo.ENTRIES["ppocr-det"]
+    feeds = zoo.preprocess(zoo.images("text", 2, size=(160, 160), seed=5), entry)
+    res = edgec.compile(zoo_path("ppocr-det"), target="tflite-fp32", samples=feeds, out_dir=tmp_path)
+    data = res.artifacts.files["model"].read_bytes()
+    hist = histogram(data)
+    widths = [len(ins) for name, ins, _ in ops_of(data) if name == "CONCATENATION"]
+    assert max(widths) <= 5 and "TRANSPOSE" not in hist and "RESIZE_NEAREST_NEIGHBOR" not in hist, hist
+    assert (hist["CONV_2D"], hist["DEPTHWISE_CONV_2D"], hist["TRANSPOSE_CONV"]) == (48, 14, 2), hist
+    assert res.artifacts.figures["xnnpack_partitions"] == 1
+    assert res.artifacts.figures["drift_vs_input"]["max_rel"] <= 1e-4
