@@ -273,6 +273,10 @@ class Converter:
         """
         shape = shape or self.shape(out_v)
         tshape = L.shape_in(perm, shape)
+        if q is not None and required is not None and required.same(q):
+            # Within 1e-6: write the kernel's own quantization bit for bit. XNNPACK refuses e.g. an int8
+            # RESHAPE whose output scale differs from its input's in the last digits.
+            q = required
         final = self.b.tensor(out_v.name or "t", tshape, I8 if q else F32, q)
         if q is not None and required is not None and not required.same(q):
             mid = self.b.tensor((out_v.name or "t") + "_k", tshape, I8, required)
