@@ -177,3 +177,35 @@ def test_ppocr_rec_int8_runs_in_one_xnnpack_partition(zoo, zoo_path, tmp_path, m
         return float(10 * np.log10(np.sum(r**2) / np.sum((r - g) ** 2)))
 
     assert sqnr([lite.run(f) for f in feeds[6:]]) >= sqnr(ort_outputs(res.model, feeds[6:])) - 1.0
+
+
+def test_requantize_outside_xnnpack_ratio_goes_through_float():
+    """int8 -> int8 with scales 0.004 -> 1.24 (ratio below XNNPACK's 2^-8, as YOLOv8n's sigmoid into its
+    Concat): DEQUANTIZE + QUANTIZE instead of one QUANTIZE TFLite would run outside the delegate; one
+    partition, and the values ORT's QDQ evaluation gives."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgec.backends.tflite import convert
+
+    def scalar(name: str, value: float, dtype: int) -> onnx.TensorProto:
+        return helper.make_tensor(name, dtype, [], [value])
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s1", "z"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z"], ["d1"]),
+             helper.make_node("Sigmoid", ["d1"], ["m"]),  # int8 LOGISTIC writes its fixed 1/256 scale
+             helper.make_node("QuantizeLinear", ["m", "s2", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z"], ["y"])]
+    inits = [scalar("s1", 0.004, TensorProto.FLOAT), scalar("s2", 1.24, TensorProto.FLOAT),
+             scalar("z", -128, TensorProto.INT8)]
+    g = helper.make_graph(nodes, "rq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])], inits)
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    feeds = [{"x": (np.random.default_rng(i).random((1, 8, 4, 4)) * 1.2).astype(np.float32)} for i in range(2)]
+    data, builder = convert(model, "int8", samples=feeds)
+    assert builder.histogram().get("DEQUANTIZE", 0) == 2, builder.histogram()  # the route, and the float output
+    lite = LiteRTModel(data, model)
+    assert lite.xnnpack_partitions() == (1, {})
+    for r, f in zip(ort_outputs(model, feeds), feeds):
+        assert np.max(np.abs(lite.run(f)["y"] - r["y"])) <= 1.24 + 1e-6  # at most one output step apart
