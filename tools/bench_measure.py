@@ -192,6 +192,12 @@ def measure(variants: list[Variant], eval_feeds: list[Feed], labels: np.ndarray 
         g = np.concatenate([o.ravel() for o in got]).astype(np.float64)
         err = float(np.sum((r - g) ** 2))
         v.figures["sqnr_db"] = float("inf") if err == 0 else 10 * np.log10(float(np.sum(r**2)) / err)
+        # The aggregate is set by the worst few images (one ambiguous image can move it by 10 dB between two
+        # equally good quantizations); the per-sample median says what a typical input sees.
+        from edgec.metrics import per_sample_sqnr
+
+        v.figures["sample_sqnr_median"] = float(np.median(per_sample_sqnr([{"y": o} for o in ref],
+                                                                          [{"y": o} for o in got])))
         if ref[0].ndim == 2:  # classifier logits [1, C]: top-1 agreement and task accuracy
             top_r = np.array([o.argmax() for o in ref])
             top_g = np.array([o.argmax() for o in got])
