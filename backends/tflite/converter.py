@@ -219,8 +219,22 @@ class Converter:
         if info.quant is not None and info.quant.same(quant):
             return idx
         out = self.b.tensor(name, info.shape, I8, quant)
-        self.b.op(BuiltinOp.QUANTIZE, [idx], [out])
+        self.quantize_into(idx, out)
         return out
+
+    def quantize_into(self, src: int, dst: int) -> None:
+        """QUANTIZE ``src`` (float or int8) into int8 ``dst``. An int8 -> int8 step whose scale ratio XNNPACK
+        does not take (input / output outside [2^-8, 2^7]) goes through float instead: DEQUANTIZE +
+        QUANTIZE, both delegated, where one QUANTIZE would run outside XNNPACK and split the graph
+        (YOLOv8n int8: a sigmoid's fixed 1/256 scale into its Concat's 1.24)."""
+        si, di = self.b.info[src], self.b.info[dst]
+        if si.dtype == I8 and si.quant is not None and di.quant is not None:
+            ratio = si.quant.scale[0] / di.quant.scale[0]
+            if not 2.0**-8 <= ratio <= 2.0**7:
+                mid = self.b.tensor(si.name + "_f", si.shape, F32)
+                self.b.op(BuiltinOp.DEQUANTIZE, [src], [mid])
+                src = mid
+        self.b.op(BuiltinOp.QUANTIZE, [src], [dst])
 
     def fconst(self, name: str, array: np.ndarray) -> int:
         """A float constant; in fp16 it is stored as fp16 and widened by DEQUANTIZE, as the TFLite
@@ -273,11 +287,15 @@ class Converter:
         """
         shape = shape or self.shape(out_v)
         tshape = L.shape_in(perm, shape)
+        if q is not None and required is not None and required.same(q):
+            # Within 1e-6: write the kernel's own quantization bit for bit. XNNPACK refuses e.g. an int8
+            # RESHAPE whose output scale differs from its input's in the last digits.
+            q = required
         final = self.b.tensor(out_v.name or "t", tshape, I8 if q else F32, q)
         if q is not None and required is not None and not required.same(q):
             mid = self.b.tensor((out_v.name or "t") + "_k", tshape, I8, required)
             self.b.op(code, ins, [mid], opts)
-            self.b.op(BuiltinOp.QUANTIZE, [mid], [final])
+            self.quantize_into(mid, final)
         else:
             self.b.op(code, ins, [final], opts)
         self.slots[out_v] = Slot(final, perm, shape)
@@ -420,7 +438,7 @@ class Converter:
         if s.flat is not None:
             raise EdgecError(f"node '{node.name}': cannot quantize a flattened NHWC map")
         idx = self.b.tensor(out.name or "q", info.shape, I8, q)
-        self.b.op(BuiltinOp.QUANTIZE, [s.index], [idx])
+        self.quantize_into(s.index, idx)
         self.slots[out] = Slot(idx, s.perm, s.shape)
         return True
 

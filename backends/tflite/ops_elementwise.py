@@ -48,10 +48,35 @@ def binary(cv: Converter, node: ir.Node) -> None:
         code, opt_name, operands = BuiltinOp.MUL, "MulOptionsT", [a, np.asarray(1.0 / divisor.astype(np.float64))]
     # A Div by an activation runs in float between DEQUANTIZE and QUANTIZE (no int8 DIV kernel).
     q = cv.quant_mode(acts, out_v) if code != BuiltinOp.DIV else None
+    if q is not None and _adds_below_half_step(cv, node, act_fn, out_v, q):
+        # x + c with every |c| under half an output step and x on (nearly) the output's quantization: the
+        # int8 result is x itself (the QDQ graph's Q rounds the sum back to x). TFLite would run it as an ADD
+        # whose constant has a scale 1e5x finer than x's, which XNNPACK refuses (PP-OCRv4 rec's LayerNorm
+        # epsilons and ~1e-5 betas: 6 ADDs, each one splitting the delegated graph).
+        cv.slots[out_v] = cv.slot(a if cv.is_act(a) else b)
+        cv.absorb(fused)
+        return
     ins = [cv.operand(v, perm, rank, q) for v in operands]
     opts = options(opt_name, fusedActivationFunction=act_fn) if fusable else options(opt_name)
     cv.emit(code, ins, out_v, perm, q, opts)
     cv.absorb(fused)
+
+
+def _adds_below_half_step(cv: Converter, node: ir.Node, act_fn: int, out_v: ir.Value, q: Quant) -> bool:
+    """Whether int8 ``x +/- c`` leaves every int8 value of x unchanged (see binary)."""
+    if node.op_type not in ("Add", "Sub") or act_fn != ActFn.NONE or out_v.is_graph_output() or q.per_channel:
+        return False
+    a, b = node.inputs[0], node.inputs[1]
+    x, c = (a, cv.const(b)) if cv.is_act(a) else (b, cv.const(a) if node.op_type == "Add" else None)
+    if c is None or not cv.is_act(x) or cv.shape(x) != cv.shape(out_v):
+        return False
+    qx = cv.quant_of(x)
+    if qx is None or qx.per_channel or qx.zero_point != q.zero_point:
+        return False
+    # Over the whole int8 range, x's value on its own scale plus c stays within half a step of the same
+    # integer on the output scale (calibration often gives the sum a scale a hair above x's: 1e-5 / 255).
+    drift = 255 * abs(qx.scale[0] - q.scale[0]) + float(np.max(np.abs(c), initial=0.0))
+    return drift < 0.49 * q.scale[0]
 
 
 def unary(code: int, opt: str | None = None, required: Quant | None = None, int8_ok: bool = True,
@@ -181,10 +206,10 @@ def softmax(cv: Converter, node: ir.Node) -> None:
         raise EdgecError(f"node '{node.name}': Softmax (opset < 13) over flattened trailing axes has no "
                          "TFLite mapping")
     perm = s.perm if s.perm[-1] == axis else tuple(p for p in s.perm if p != axis) + (axis,)
-    q = cv.quant_mode([x], out)
-    q = None if too_coarse(q, Q_SIGMOID) else q
-    cv.emit(BuiltinOp.SOFTMAX, [cv.act(x, perm, "int8" if q else "float")], out, perm, q,
-            options("SoftmaxOptionsT", beta=1.0), required=Q_SIGMOID)
+    # In int8 it runs in float between DEQUANTIZE and QUANTIZE: XNNPACK has no int8 SOFTMAX, and TFLite's own
+    # kernel split the delegated graph (PP-LCNet int8: 2 partitions; PP-OCRv4 rec's attention: three more).
+    # The float form is also the QDQ graph's arithmetic exactly (DQ -> Softmax -> Q).
+    cv.emit(BuiltinOp.SOFTMAX, [cv.act(x, perm, "float")], out, perm, None, options("SoftmaxOptionsT", beta=1.0))
 
 
 def batchnorm(cv: Converter, node: ir.Node) -> None:

@@ -207,8 +207,9 @@ def matmul(cv: Converter, node: ir.Node) -> None:
         fully_connected(cv, node, a, bv, n_axis=1, w_perm=(1, 0), bias_v=None, alpha=1.0, beta=1.0)
         return
     out = node.outputs[0]
-    acts = [v for v in (a, bv) if cv.is_act(v)]
-    q = cv.quant_mode(acts, out)
+    # In float in an int8 graph (between DEQUANTIZE and QUANTIZE): XNNPACK has no int8 BATCH_MATMUL, and
+    # TFLite's own kernel split the delegated graph (PP-OCRv4 rec's attention, 2 per block).
+    q = None
     rank = len(cv.shape(out))
     ins = [cv.operand(v, L.identity(rank), rank, q) if len(cv.shape(v)) == rank else
            cv.act(v, L.identity(len(cv.shape(v))), "int8" if q else "float") for v in (a, bv)]

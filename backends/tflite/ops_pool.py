@@ -53,7 +53,9 @@ def pool(cv: Converter, node: ir.Node) -> None:
             padding = "VALID" if padding == "VALID" else None
             if not all(np.all(c == k) for c, k in zip(counts, kernel)):
                 rescale = np.outer(kernel[0] / counts[0], kernel[1] / counts[1]).astype(np.float32)
-    q = None if rescale is not None else cv.quant_mode([x], out_v)
+    # An average runs in float in an int8 graph (between DEQUANTIZE and QUANTIZE): XNNPACK has no int8
+    # AVERAGE_POOL_2D, and TFLite's own kernel split the delegated graph (PP-OCRv4 rec's 3 x 2 pool).
+    q = None if rescale is not None or not is_max else cv.quant_mode([x], out_v)
     xin = cv.act(x, L.NHWC, "int8" if q else "float")
     if padding is None:
         fill = float(np.finfo(np.float32).min) if is_max else None

@@ -2,7 +2,8 @@
 Split, Slice, Identity/Dropout.
 
 XNNPACK takes neither SPLIT_V, PADV2 nor RESIZE_NEAREST_NEIGHBOR: each op it refuses cuts the graph into
-another partition, so uneven Split is SLICEs, integer nearest upsampling is RESHAPE + CONCATENATION copies.
+another partition, so uneven Split is SLICEs, integer nearest upsampling is RESHAPE + CONCATENATION copies
+(at most MAX_CONCAT inputs per CONCATENATION, in Concat too: the delegate takes no wider one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from . import layout as L
 from .converter import I8, Converter, Slot
 from .registry import register
 from .writer import BuiltinOp, Quant, options
+
+#: The most inputs a CONCATENATION may have for XNNPACK to take it (LiteRT 2.3's delegate, measured: 2 to 5
+#: delegated, 6 and 8 not).
+MAX_CONCAT = 5
 
 
 def pad_nhwc(cv: Converter, idx: int, pads: list[tuple[int, int]], name: str, value: float | None) -> int:
@@ -61,8 +66,17 @@ def concat(cv: Converter, node: ir.Node) -> None:
                 ins.append(cv.b.const(v.name or "c", qv, q))
             else:
                 ins.append(cv.fconst(v.name or "c", c))
+    t_axis = L.axis_in(perm, axis)
+    while len(ins) > MAX_CONCAT:
+        # Wider than XNNPACK takes: concatenate the first inputs into one (exact, the same bytes in order).
+        head = ins[:MAX_CONCAT]
+        shapes = [cv.b.info[i].shape for i in head]
+        shape = shapes[0][:t_axis] + (sum(sh[t_axis] for sh in shapes),) + shapes[0][t_axis + 1:]
+        part = cv.b.tensor(f"{out_v.name}_part{len(ins)}", shape, cv.b.info[head[0]].dtype, q)
+        cv.b.op(BuiltinOp.CONCATENATION, head, [part], options("ConcatenationOptionsT", axis=t_axis))
+        ins = [part, *ins[MAX_CONCAT:]]
     cv.emit(BuiltinOp.CONCATENATION, ins, out_v, perm, q,
-            options("ConcatenationOptionsT", axis=L.axis_in(perm, axis), fusedActivationFunction=act_fn))
+            options("ConcatenationOptionsT", axis=t_axis, fusedActivationFunction=act_fn))
     cv.absorb(fused)
 
 
@@ -73,12 +87,14 @@ def reshape_like(cv: Converter, node: ir.Node) -> None:
     out_shape = cv.shape(out)
     q = cv.quant_mode([x], out)
     want = "int8" if q else "float"
-    if (s.perm != L.identity(len(s.shape)) and not L.reshape_keeps_order(s.perm, s.shape)
-            and len(out_shape) == 2 and s.perm[0] == 0 and out_shape[0] == s.shape[0]
-            and all(_reads_as_fc(cv, u) for u in _readers(cv, out))):
-        # Flatten of an NHWC map feeding FULLY_CONNECTED: flatten in NHWC order, permute the weights.
+    if (len(s.shape) > 2 and s.flat is None and len(out_shape) == 2 and s.perm[0] == 0
+            and out_shape[0] == s.shape[0] and all(_reads_as_fc(cv, u) for u in _readers(cv, out))):
+        # A flatten read only by FULLY_CONNECTEDs: FULLY_CONNECTED flattens its input itself (batch =
+        # elements / K, keep_num_dims off), so it reads the stored map as is -- no RESHAPE, no TRANSPOSE
+        # back to NCHW; the weight columns are permuted into the stored order instead. (GlobalAveragePool ->
+        # Flatten -> Gemm heads: one op fewer, as TensorFlow's converter writes them.)
         flat = L.flatten_order(tuple(p - 1 for p in s.perm[1:]), s.shape[1:])
-        idx = cv.reshape(cv.act(x, None, want), out_shape, out.name or "flat")
+        idx = cv.act(x, None, want)
         if q is not None:
             idx = cv.requantize(idx, q, (out.name or "flat") + "_rq")
         cv.slots[out] = Slot(idx, L.identity(2), out_shape, flat)
@@ -233,16 +249,29 @@ def _nearest_by_copies(cv: Converter, node: ir.Node, xin: int, ratio: list[int],
     def tensor(suffix: str, shape: tuple[int, ...]) -> int:
         return cv.b.tensor(f"{node.name}_{suffix}", shape, info.dtype, info.quant)
 
+    def copies(unit: int, shape: tuple[int, ...], axis: int, r: int, name: str) -> int:
+        """``r`` copies of ``unit`` (size 1 on ``axis``) along ``axis``, in CONCATENATIONs of at most
+        MAX_CONCAT inputs: XNNPACK's delegate takes concatenations of 2-5 inputs only, so PP-OCRv4 det's
+        x8 upsampling as one 8-input CONCATENATION ran outside it (3 partitions; 1 this way)."""
+        if r == 1:
+            return unit
+        if r <= MAX_CONCAT:
+            parts = [unit] * r
+        else:
+            k = next((f for f in range(MAX_CONCAT, 1, -1) if r % f == 0), None)
+            if k is None:  # a prime factor above MAX_CONCAT: r - 1 copies and one more
+                parts = [copies(unit, shape, axis, r - 1, name + "a"), unit]
+            else:
+                parts = [copies(unit, shape, axis, r // k, name + "a")] * k
+        out_shape = shape[:axis] + (r,) + shape[axis + 1:]
+        out = tensor(f"{name}{r}", out_shape)
+        cv.b.op(BuiltinOp.CONCATENATION, parts, [out], options("ConcatenationOptionsT", axis=axis))
+        return out
+
     cur = cv.reshape(xin, (n, h, w, 1, c), f"{node.name}_r0")
-    if rw > 1:
-        wide = tensor("w", (n, h, w, rw, c))
-        cv.b.op(BuiltinOp.CONCATENATION, [cur] * rw, [wide], options("ConcatenationOptionsT", axis=3))
-        cur = wide
+    cur = copies(cur, (n, h, w, 1, c), 3, rw, "w")
     cur = cv.reshape(cur, (n, h, 1, w * rw, c), f"{node.name}_r1")
-    if rh > 1:
-        tall = tensor("h", (n, h, rh, w * rw, c))
-        cv.b.op(BuiltinOp.CONCATENATION, [cur] * rh, [tall], options("ConcatenationOptionsT", axis=2))
-        cur = tall
+    cur = copies(cur, (n, h, 1, w * rw, c), 2, rh, "h")
     out_shape = (n, h * rh, w * rw, c)
     cv.emit(BuiltinOp.RESHAPE, [cur, cv.b.i32(f"{node.name}_shape", out_shape)], node.outputs[0], L.NHWC, q,
             options("ReshapeOptionsT", newShape=np.asarray(out_shape, dtype=np.int32)),
