@@ -18,8 +18,10 @@ set to a closed local port: any network access it still tries fails, and the row
 
 Variants (each conversion works on its own copy of the model, which onnx2tf rewrites in place):
 ``onnx2tf`` is ``model_float32.tflite`` of a plain conversion; ``onnx2tf-int8`` is
-``model_full_integer_quant.tflite`` of an ``-oiqt`` conversion (per-channel weights, int8 inputs and outputs,
-like edgec's tflite-int8 default; LiteRTRunner quantizes the feed and dequantizes the output the same way).
+``model_full_integer_quant.tflite`` of an ``-oiqt`` conversion (per-channel weights, int8 inputs and outputs;
+LiteRTRunner quantizes the feed and dequantizes the output outside the timed call). edgec's tflite-int8 default
+takes and returns float (``io = "float"``), so its timed call includes one QUANTIZE of the input and one
+DEQUANTIZE of the output that onnx2tf's does not: the int8 latency comparison is tilted towards onnx2tf.
 """
 
 from __future__ import annotations
