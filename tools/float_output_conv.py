@@ -336,17 +336,11 @@ def qlinear_pointwise(src: Path, dst: Path, calib: list[dict[str, np.ndarray]], 
 
 
 def timed(paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> dict[str, float]:
+    """Median ms per model, interleaved run by run (edgec.runtime's loop: the order flips every run)."""
+    from edgec.runtime import interleaved_medians
+
     runners = {k: OrtRunner(p, feed) for k, p in paths.items()}
-    for r in runners.values():
-        for _ in range(10):
-            r.call()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r.call()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return dict(zip(runners, interleaved_medians([r.call for r in runners.values()], runs=runs, warmup=10)))
 
 
 def micro(runs: int = 300) -> None:
