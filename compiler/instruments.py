@@ -331,7 +331,6 @@ def default(ctx: PassContext, *, check_drift: bool = True, diff: bool = True, du
     return out
 
 
-
 def run_batched(sess: ort.InferenceSession, feeds: Sequence[Feed]) -> list[Feed]:
     """Outputs per feed, computed ``EVAL_BATCH`` feeds per run when the model has a free batch axis that
     every input and output carries (one call instead of 16 halves ORT's per-run overhead on small models).

@@ -234,3 +234,12 @@ def test_fidelity_table_puts_both_distributions_side_by_side() -> None:
     assert "| ppocr-det | text@640 (in-distribution) | 11.8 (0.75) | 20.5 fix | – | 14.3 / 21.0 (0.81) |" in text
     assert "| ppocr-det | text@320 (shifted) | failed | failed | 16.2 | 12.9 / 19.0 (0.50) |" in text
     assert bench_report.fidelity({"digits": variants[:2]}, {}) == ""
+
+
+def test_build_repeats_below_one_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), "--build-repeats", "0", "--models",
+                           "digits", "--out", str(out)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "bench.py: error: --build-repeats must be >= 1"
+    assert not out.exists()

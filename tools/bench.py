@@ -312,7 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--runs must be >= 30 for a stable median")
     args.calib = args.calib or (8 if args.quick else 32)
     args.eval = args.eval or (4 if args.quick else 16)
-    args.build_repeats = args.build_repeats or (1 if args.quick else 3)
+    if args.build_repeats is None:
+        args.build_repeats = 1 if args.quick else 3
+    elif args.build_repeats < 1:
+        ap.error("--build-repeats must be >= 1")
     unknown = [m for m in args.models if m not in zoo.ENTRIES]
     if unknown:
         ap.error(f"unknown zoo model(s) {', '.join(unknown)}; known: {', '.join(zoo.ENTRIES)}")
